@@ -1,0 +1,96 @@
+"""The values every stage produces: imports seen, findings, per-file and whole-scan results.
+
+Results are immutable; reporters turn them into text, JSON or SARIF and nothing else formats them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class FindingKind(str, Enum):
+    NOT_ALLOWED = "not-allowed"          # an import the policy does not allow
+    DENIED = "denied"                    # an import a deny entry names
+    UNRESOLVED = "unresolved"            # an import whose target cannot be proven (STACK_GLOBAL, EXT*)
+    MALFORMED = "malformed"              # bytes the analyser could not fully understand
+    LIMIT = "limit-exceeded"             # a configured bound was hit; the rest is unanalysed
+    UNKNOWN_FORMAT = "unknown-format"    # content matches no format picklegate knows
+    LFS_POINTER = "lfs-pointer"          # a Git LFS pointer: the real content is not here
+    ARCHIVE = "archive-anomaly"          # an archive trick: mismatched headers, bad CRC, odd names
+    UNSUPPORTED = "unsupported"          # a format picklegate knows but cannot open here (missing extra)
+
+
+class Status(str, Enum):
+    CLEAN = "clean"
+    VIOLATION = "violation"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class GlobalRef:
+    """One import the unpickler would perform (find_class), as CPython would resolve it."""
+
+    module: str
+    name: str
+    offset: int                 # byte offset of the opcode inside its member (or file)
+    opcode: str                 # GLOBAL, INST, STACK_GLOBAL
+    member: str | None = None
+    # The name as written in the stream when Python 2 name mapping (_compat_pickle) changed it.
+    written_as: str | None = None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    message: str
+    module: str | None = None
+    name: str | None = None
+    member: str | None = None
+    offset: int | None = None
+    # How many times the same finding occurred (the first occurrence's offset is kept).
+    count: int = 1
+    # Warnings are reported but do not fail the file (only when the policy asks for it).
+    warning: bool = False
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None, str | None, str]:
+        """Identity used to merge repeats of one import; message differs per position."""
+        if self.module is not None or self.name is not None:
+            return (self.kind.value, self.member, self.module, self.name, "")
+        return (self.kind.value, self.member, None, None, self.message)
+
+    @property
+    def sort_key(self) -> tuple[str, int, str, str]:
+        return (self.member or "", self.offset if self.offset is not None else -1,
+                self.kind.value, self.message)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a file contains, independent of the policy: formats, imports, noteworthy members."""
+
+    imports: tuple[GlobalRef, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    format: str
+    status: Status
+    findings: tuple[Finding, ...] = ()
+    inventory: Inventory = field(default_factory=Inventory)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    files: tuple[FileResult, ...]
+    policy: str                 # where the policy came from, e.g. ".picklegate.yaml" or "built-in default"
+
+    def count(self, status: Status) -> int:
+        return sum(1 for f in self.files if f.status is status)

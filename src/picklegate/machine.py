@@ -1,0 +1,1053 @@
+"""The symbolic opcode machine: runs a pickle stream's opcodes over symbolic values.
+
+It follows CPython's ``pickle._Unpickler`` (Lib/pickle.py, 3.11) opcode by opcode, but every
+``find_class`` becomes a recorded :class:`GlobalRef` and every call becomes an inert
+:class:`Instance`. Nothing is imported and nothing is called, so the machine can model the stack
+and the memo exactly: a STACK_GLOBAL is resolved only when both operands are provably ``str``
+(as ``load_stack_global`` requires), through any mix of memo writes and reads.
+
+Byte payloads are never copied beyond :data:`INLINE_BYTES`: the reader seeks over them and keeps
+their offset, so memory grows with the number of opcodes, not with the payload size.
+"""
+from __future__ import annotations
+
+import codecs
+import pickletools
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Union
+
+from picklegate.findings import Finding, FindingKind, GlobalRef
+from picklegate.limits import DEFAULT_LIMITS, Limits
+from picklegate.names import map_python2_name
+
+# Payloads up to this size are materialised (names, dtype strings, shapes); larger ones are
+# kept as (offset, length) and decoded only if an import needs them.
+INLINE_BYTES = 64 * 1024
+# Containers keep this many items for format readers (joblib/torch state); the rest is counted.
+KEPT_ITEMS = 1024
+# pickle.py load_proto accepts 0..HIGHEST_PROTOCOL.
+HIGHEST_PROTOCOL = 5
+# Bytes allowed between concatenated streams (numpy writes a trailing newline).
+PADDING = b" \t\n\r\x0b\x0c\x00"
+
+
+class Buffer(Protocol):
+    """bytes and mmap both qualify: random access, ``find`` and slicing."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice) -> bytes: ...
+    def find(self, sub: bytes, start: int = ..., end: int = ...) -> int: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic values
+
+
+@dataclass(eq=False)
+class Opaque:
+    """A value the machine cannot know (a call result, a persistent object, ...)."""
+
+    what: str
+
+
+@dataclass(eq=False)
+class LongText:
+    """A ``str`` too large to inline; decoded from the buffer only when an import needs it."""
+
+    offset: int
+    length: int
+    encoding: str
+
+
+@dataclass(eq=False)
+class LongBytes:
+    offset: int
+    length: int
+
+
+@dataclass(eq=False)
+class Ref:
+    """The object a GLOBAL/INST/STACK_GLOBAL imported."""
+
+    ref: GlobalRef
+
+
+@dataclass(eq=False)
+class Instance:
+    """What REDUCE/NEWOBJ/NEWOBJ_EX/OBJ/INST would produce: ``callee(*args, **kwargs)``."""
+
+    callee: Value
+    args: Value
+    opcode: str
+    offset: int
+    kwargs: Value = None
+    state: Value = None                 # the last BUILD state
+    items: list[Value] = field(default_factory=list)   # APPEND(S)/SETITEM(S)/ADDITEMS on it
+
+
+@dataclass(eq=False)
+class Seq:
+    """list, set or frozenset (identity matters: the memo shares them)."""
+
+    kind: str
+    items: list[Value] = field(default_factory=list)
+    dropped: int = 0
+
+    def add(self, value: Value) -> None:
+        if len(self.items) < KEPT_ITEMS:
+            self.items.append(value)
+        else:
+            self.dropped += 1
+
+
+@dataclass(eq=False)
+class Mapping:
+    items: list[tuple[Value, Value]] = field(default_factory=list)
+    dropped: int = 0
+
+    def add(self, key: Value, value: Value) -> None:
+        if len(self.items) < KEPT_ITEMS:
+            self.items.append((key, value))
+        else:
+            self.dropped += 1
+
+    def get(self, key: str) -> Value:
+        for k, v in reversed(self.items):
+            if k == key and type(k) is str:
+                return v
+        return MISSING
+
+
+Value = Union[None, bool, int, float, str, bytes, tuple, "Opaque", "LongText", "LongBytes",
+              "Ref", "Instance", "Seq", "Mapping"]
+MISSING = Opaque("missing")
+UNDERFLOW = Opaque("stack underflow")
+
+
+def describe(value: Value) -> str:
+    """A short human description of a symbolic value, for 'unresolved' messages."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, Ref):
+        return f"the global {value.ref.dotted}"
+    if isinstance(value, Instance):
+        return f"the result of {value.opcode} at offset {value.offset}"
+    if isinstance(value, Opaque):
+        return value.what
+    if isinstance(value, LongText):
+        return f"a {value.length}-byte string"
+    return f"a {type(value).__name__} value"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Collector:
+    """Everything the machine learns about one member (or file), in stream order."""
+
+    member: str | None = None
+    imports: list[GlobalRef] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    # (offset, pid) for every PERSID/BINPERSID: torch names its storages this way.
+    persistent_ids: list[tuple[int, Value]] = field(default_factory=list)
+    streams: int = 0
+
+    def finding(self, kind: FindingKind, offset: int | None, message: str,
+                module: str | None = None, name: str | None = None) -> None:
+        self.findings.append(Finding(kind=kind, message=message, module=module, name=name,
+                                     member=self.member, offset=offset))
+
+    def extend(self, other: Collector) -> None:
+        self.imports.extend(other.imports)
+        self.findings.extend(other.findings)
+        self.persistent_ids.extend(other.persistent_ids)
+        self.streams += other.streams
+
+
+class Fatal(Exception):
+    """The stream cannot be followed past this point (truncation, unknown opcode, limit)."""
+
+    def __init__(self, kind: FindingKind, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.offset = offset
+        self.message = message
+
+
+# Called after every BUILD with the machine and the built object; container readers (joblib)
+# use it to consume bytes that follow the opcode, exactly as their unpickler subclass does.
+BuildHook = Callable[["PickleMachine", Value], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+
+
+class PickleMachine:
+    """Runs one pickle stream from ``start`` to its STOP over ``buf[:end]``."""
+
+    def __init__(self, buf: Buffer, start: int, end: int, collector: Collector,
+                 limits: Limits = DEFAULT_LIMITS, on_build: BuildHook | None = None) -> None:
+        self.buf = buf
+        self.pos = start
+        self.end = end
+        self.out = collector
+        self.limits = limits
+        self.on_build = on_build
+        self.stack: list[Value] = []
+        self.metastack: list[list[Value]] = []
+        self.memo: dict[int, Value] = {}
+        self.proto = 0           # pickle.py load(): self.proto = 0 until a PROTO opcode
+        self.op_offset = start   # offset of the opcode being executed
+        self.underflows = 0
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def run(self) -> int | None:
+        """Execute to STOP; return the offset after it, or None if the stream broke off."""
+        self.out.streams += 1
+        dispatch = _DISPATCH
+        count = 0
+        try:
+            while True:
+                if self.pos >= self.end:
+                    raise Fatal(FindingKind.MALFORMED, self.pos,
+                                "pickle stream ends without a STOP opcode (truncated file?)")
+                count += 1
+                if count > self.limits.max_opcodes:
+                    raise Fatal(FindingKind.LIMIT, self.pos,
+                                f"more than {self.limits.max_opcodes} opcodes in one stream; "
+                                "the rest was not analysed")
+                self.op_offset = self.pos
+                code = self.buf[self.pos]
+                self.pos += 1
+                handler = dispatch.get(code)
+                if handler is None:
+                    raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                                f"invalid pickle opcode 0x{code:02x}; the rest of the stream "
+                                "cannot be read")
+                if handler(self):
+                    return self.pos
+        except Fatal as fatal:
+            self.out.finding(fatal.kind, fatal.offset, fatal.message)
+            return None
+
+    # -- reading arguments ----------------------------------------------------------------
+
+    def take(self, n: int) -> int:
+        """Advance over ``n`` bytes and return where they start."""
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                        f"truncated: {self.opname()} needs {n} bytes of argument, "
+                        f"{max(self.end - start, 0)} remain")
+        self.pos = start + n
+        return start
+
+    def read(self, n: int) -> bytes:
+        start = self.take(n)
+        return bytes(self.buf[start:start + n])
+
+    def unpack(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        value: int = struct.unpack(fmt, self.read(size))[0]
+        return value
+
+    def line(self) -> bytes:
+        """A newline-terminated argument without its newline; a missing newline is fatal."""
+        nl = self.buf.find(b"\n", self.pos, self.end)
+        if nl < 0:
+            raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                        f"truncated: {self.opname()} argument has no terminating newline")
+        data = bytes(self.buf[self.pos:nl])
+        self.pos = nl + 1
+        return data
+
+    def name_line(self) -> bytes:
+        """A GLOBAL/INST name line exactly as pickle.py reads it: ``readline()[:-1]``.
+
+        At the end of the data pickle.py's readline returns what is left without a newline and
+        ``[:-1]`` then drops its last byte; find_class still runs with that name. Report it too.
+        """
+        nl = self.buf.find(b"\n", self.pos, self.end)
+        if nl >= 0:
+            data = bytes(self.buf[self.pos:nl])
+            self.pos = nl + 1
+            return data
+        rest = bytes(self.buf[self.pos:self.end])
+        self.pos = self.end
+        self.malformed(f"truncated: {self.opname()} name line has no terminating newline")
+        return rest[:-1]
+
+    def opname(self) -> str:
+        op = _OPCODES.get(self.buf[self.op_offset])
+        return op.name if op else "opcode"
+
+    # -- stack ----------------------------------------------------------------------------
+
+    def push(self, value: Value) -> None:
+        if len(self.stack) >= self.limits.max_stack:
+            raise Fatal(FindingKind.LIMIT, self.op_offset,
+                        f"stack deeper than {self.limits.max_stack} items")
+        self.stack.append(value)
+
+    def pop(self) -> Value:
+        if self.stack:
+            return self.stack.pop()
+        self.underflow()
+        return UNDERFLOW
+
+    def top(self) -> Value:
+        if self.stack:
+            return self.stack[-1]
+        self.underflow()
+        return UNDERFLOW
+
+    def set_top(self, value: Value) -> None:
+        if self.stack:
+            self.stack[-1] = value
+        else:
+            self.push(value)
+
+    def pop_mark(self) -> list[Value]:
+        items = self.stack
+        if self.metastack:
+            self.stack = self.metastack.pop()
+        else:
+            self.malformed(f"{self.opname()} without a preceding MARK")
+            self.stack = []
+        return items
+
+    def underflow(self) -> None:
+        # Report the first one; later ones in the same stream are consequences.
+        if self.underflows == 0:
+            self.malformed(f"stack underflow in {self.opname()}")
+        self.underflows += 1
+
+    def malformed(self, message: str) -> None:
+        self.out.finding(FindingKind.MALFORMED, self.op_offset, message)
+
+    # -- imports --------------------------------------------------------------------------
+
+    def import_global(self, module: str, name: str, opcode: str) -> Ref:
+        mapped_module, mapped_name = map_python2_name(module, name, self.proto)
+        written = None
+        if (mapped_module, mapped_name) != (module, name):
+            written = f"{module}.{name}"
+        ref = GlobalRef(module=mapped_module, name=mapped_name, offset=self.op_offset,
+                        opcode=opcode, member=self.out.member, written_as=written)
+        self.out.imports.append(ref)
+        return Ref(ref)
+
+    def text_of(self, value: Value) -> str | None:
+        """The value if it is provably a ``str`` (what load_stack_global demands), else None."""
+        if type(value) is str:
+            return value
+        if isinstance(value, LongText):
+            return _decode(bytes(self.buf[value.offset:value.offset + value.length]),
+                           value.encoding)
+        return None
+
+    def decode_name(self, raw: bytes, encoding: str) -> str | None:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            self.out.finding(FindingKind.UNRESOLVED, self.op_offset,
+                             f"{self.opname()} names {raw!r}, which is not valid {encoding}; "
+                             "the import cannot be resolved")
+            return None
+
+    # -- payloads -------------------------------------------------------------------------
+
+    def text_payload(self, n: int, encoding: str) -> Value:
+        start = self.take(n)
+        if n <= INLINE_BYTES:
+            text = _decode(bytes(self.buf[start:start + n]), encoding)
+            if text is None:
+                self.malformed(f"{self.opname()} payload is not valid {encoding}")
+                return Opaque("undecodable string")
+            return text
+        if not self.validate_text(start, n, encoding):
+            self.malformed(f"{self.opname()} payload is not valid {encoding}")
+            return Opaque("undecodable string")
+        return LongText(start, n, encoding)
+
+    def validate_text(self, start: int, n: int, encoding: str) -> bool:
+        """Decode in chunks so a huge string is checked without being held in memory."""
+        decoder = codecs.getincrementaldecoder(_CODEC[encoding][0])(_CODEC[encoding][1])
+        chunk = 1 << 20
+        try:
+            for at in range(start, start + n, chunk):
+                decoder.decode(bytes(self.buf[at:min(at + chunk, start + n)]))
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def bytes_payload(self, n: int) -> Value:
+        start = self.take(n)
+        if n <= INLINE_BYTES:
+            return bytes(self.buf[start:start + n])
+        return LongBytes(start, n)
+
+    def memo_put(self, index: int) -> None:
+        if index not in self.memo and len(self.memo) >= self.limits.max_memo:
+            raise Fatal(FindingKind.LIMIT, self.op_offset,
+                        f"memo larger than {self.limits.max_memo} entries")
+        self.memo[index] = self.top()
+
+    def memo_get(self, index: int) -> None:
+        value = self.memo.get(index, MISSING)
+        if value is MISSING:
+            self.malformed(f"{self.opname()} reads memo key {index}, which was never stored")
+        self.push(value)
+
+    def int_line(self) -> int | None:
+        raw = self.line()
+        try:
+            return int(raw, 0)
+        except ValueError:
+            self.malformed(f"{self.opname()} argument {raw[:40]!r} is not an integer")
+            return None
+
+
+_CODEC = {
+    "utf-8": ("utf-8", "surrogatepass"),       # BINUNICODE family: pickle.py uses surrogatepass
+    "latin-1": ("latin-1", "strict"),          # STRING family: the encoding numpy/joblib pass
+    "raw-unicode-escape": ("raw-unicode-escape", "strict"),
+}
+
+
+def _decode(raw: bytes, encoding: str) -> str | None:
+    codec, errors = _CODEC[encoding]
+    try:
+        return raw.decode(codec, errors)
+    except UnicodeDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Opcode handlers. Each returns True only for STOP. Semantics cite pickle.py's load_* methods.
+
+Handler = Callable[[PickleMachine], bool]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def opcode(*names: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for name in names:
+            _HANDLERS[name] = fn
+        return fn
+    return register
+
+
+@opcode("STOP")
+def _stop(m: PickleMachine) -> bool:
+    m.pop()
+    return True
+
+
+@opcode("PROTO")
+def _proto(m: PickleMachine) -> bool:
+    version = m.read(1)[0]
+    if version > HIGHEST_PROTOCOL:
+        m.malformed(f"unsupported pickle protocol {version}")
+    else:
+        m.proto = version
+    return False
+
+
+@opcode("FRAME")
+def _frame(m: PickleMachine) -> bool:
+    # Framing only groups opcodes for buffered reads; the opcodes inside are parsed as usual.
+    size = m.unpack("<Q")
+    if size > m.end - m.pos:
+        m.malformed(f"FRAME announces {size} bytes but only {m.end - m.pos} remain")
+    return False
+
+
+@opcode("MARK")
+def _mark(m: PickleMachine) -> bool:
+    if len(m.metastack) >= m.limits.max_marks:
+        raise Fatal(FindingKind.LIMIT, m.op_offset, f"more than {m.limits.max_marks} nested MARKs")
+    m.metastack.append(m.stack)
+    m.stack = []
+    return False
+
+
+@opcode("POP")
+def _pop(m: PickleMachine) -> bool:
+    # load_pop: pop an item, or, when the current mark frame is empty, the MARK itself.
+    if m.stack:
+        m.stack.pop()
+    elif m.metastack:
+        m.pop_mark()
+    else:
+        m.underflow()
+    return False
+
+
+@opcode("POP_MARK")
+def _pop_mark(m: PickleMachine) -> bool:
+    m.pop_mark()
+    return False
+
+
+@opcode("DUP")
+def _dup(m: PickleMachine) -> bool:
+    m.push(m.top())
+    return False
+
+
+# -- scalars ------------------------------------------------------------------------------
+
+
+@opcode("NONE")
+def _none(m: PickleMachine) -> bool:
+    m.push(None)
+    return False
+
+
+@opcode("NEWTRUE")
+def _true(m: PickleMachine) -> bool:
+    m.push(True)
+    return False
+
+
+@opcode("NEWFALSE")
+def _false(m: PickleMachine) -> bool:
+    m.push(False)
+    return False
+
+
+@opcode("INT")
+def _int(m: PickleMachine) -> bool:
+    raw = m.line()
+    if raw == b"00":
+        m.push(False)
+    elif raw == b"01":
+        m.push(True)
+    else:
+        try:
+            m.push(int(raw, 0))
+        except ValueError:
+            m.malformed(f"INT argument {raw[:40]!r} is not an integer")
+            m.push(Opaque("bad int"))
+    return False
+
+
+@opcode("LONG")
+def _long(m: PickleMachine) -> bool:
+    raw = m.line()
+    if raw.endswith(b"L"):
+        raw = raw[:-1]
+    try:
+        m.push(int(raw, 0) if len(raw) <= 4300 else Opaque("huge int"))
+    except ValueError:
+        m.malformed(f"LONG argument {raw[:40]!r} is not an integer")
+        m.push(Opaque("bad int"))
+    return False
+
+
+@opcode("BININT")
+def _binint(m: PickleMachine) -> bool:
+    m.push(m.unpack("<i"))
+    return False
+
+
+@opcode("BININT1")
+def _binint1(m: PickleMachine) -> bool:
+    m.push(m.read(1)[0])
+    return False
+
+
+@opcode("BININT2")
+def _binint2(m: PickleMachine) -> bool:
+    m.push(m.unpack("<H"))
+    return False
+
+
+@opcode("LONG1")
+def _long1(m: PickleMachine) -> bool:
+    m.push(int.from_bytes(m.read(m.read(1)[0]), "little", signed=True))
+    return False
+
+
+@opcode("LONG4")
+def _long4(m: PickleMachine) -> bool:
+    n = m.unpack("<i")
+    if n < 0:
+        raise Fatal(FindingKind.MALFORMED, m.op_offset, "LONG4 has a negative byte count")
+    if n <= 64:
+        m.push(int.from_bytes(m.read(n), "little", signed=True))
+    else:
+        m.take(n)   # never needed as a shape or an import: skip without decoding
+        m.push(Opaque("huge int"))
+    return False
+
+
+@opcode("FLOAT")
+def _float(m: PickleMachine) -> bool:
+    raw = m.line()
+    try:
+        m.push(float(raw))
+    except ValueError:
+        m.malformed(f"FLOAT argument {raw[:40]!r} is not a number")
+        m.push(Opaque("bad float"))
+    return False
+
+
+@opcode("BINFLOAT")
+def _binfloat(m: PickleMachine) -> bool:
+    m.push(struct.unpack(">d", m.read(8))[0])
+    return False
+
+
+# -- strings and bytes ----------------------------------------------------------------------
+
+
+@opcode("STRING")
+def _string(m: PickleMachine) -> bool:
+    # load_string: the argument must be quoted; escape_decode, then decode as the caller's
+    # encoding. We use latin-1, which never fails and is what numpy and joblib pass.
+    raw = m.line()
+    if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b'"', b"'"):
+        m.malformed("STRING argument is not quoted")
+        m.push(Opaque("bad string"))
+        return False
+    try:
+        data = codecs.escape_decode(raw[1:-1])[0]   # type: ignore[attr-defined]
+    except ValueError:
+        m.malformed("STRING argument has an invalid escape")
+        m.push(Opaque("bad string"))
+        return False
+    m.push(data.decode("latin-1"))
+    return False
+
+
+@opcode("BINSTRING")
+def _binstring(m: PickleMachine) -> bool:
+    n = m.unpack("<i")
+    if n < 0:
+        raise Fatal(FindingKind.MALFORMED, m.op_offset, "BINSTRING has a negative byte count")
+    m.push(m.text_payload(n, "latin-1"))
+    return False
+
+
+@opcode("SHORT_BINSTRING")
+def _short_binstring(m: PickleMachine) -> bool:
+    m.push(m.text_payload(m.read(1)[0], "latin-1"))
+    return False
+
+
+@opcode("UNICODE")
+def _unicode(m: PickleMachine) -> bool:
+    raw = m.line()
+    text = _decode(raw, "raw-unicode-escape")
+    if text is None:
+        m.malformed("UNICODE argument is not valid raw-unicode-escape")
+        m.push(Opaque("undecodable string"))
+    else:
+        m.push(text)
+    return False
+
+
+@opcode("BINUNICODE")
+def _binunicode(m: PickleMachine) -> bool:
+    m.push(m.text_payload(m.unpack("<I"), "utf-8"))
+    return False
+
+
+@opcode("SHORT_BINUNICODE")
+def _short_binunicode(m: PickleMachine) -> bool:
+    m.push(m.text_payload(m.read(1)[0], "utf-8"))
+    return False
+
+
+@opcode("BINUNICODE8")
+def _binunicode8(m: PickleMachine) -> bool:
+    m.push(m.text_payload(m.unpack("<Q"), "utf-8"))
+    return False
+
+
+@opcode("BINBYTES")
+def _binbytes(m: PickleMachine) -> bool:
+    m.push(m.bytes_payload(m.unpack("<I")))
+    return False
+
+
+@opcode("SHORT_BINBYTES")
+def _short_binbytes(m: PickleMachine) -> bool:
+    m.push(m.bytes_payload(m.read(1)[0]))
+    return False
+
+
+@opcode("BINBYTES8")
+def _binbytes8(m: PickleMachine) -> bool:
+    m.push(m.bytes_payload(m.unpack("<Q")))
+    return False
+
+
+@opcode("BYTEARRAY8")
+def _bytearray8(m: PickleMachine) -> bool:
+    m.take(m.unpack("<Q"))
+    m.push(Opaque("bytearray"))
+    return False
+
+
+@opcode("NEXT_BUFFER")
+def _next_buffer(m: PickleMachine) -> bool:
+    # Out-of-band data lives outside the file; loading without buffers= raises.
+    m.push(Opaque("out-of-band buffer"))
+    return False
+
+
+@opcode("READONLY_BUFFER")
+def _readonly_buffer(m: PickleMachine) -> bool:
+    m.top()
+    return False
+
+
+# -- containers ---------------------------------------------------------------------------
+
+
+@opcode("EMPTY_TUPLE")
+def _empty_tuple(m: PickleMachine) -> bool:
+    m.push(())
+    return False
+
+
+@opcode("TUPLE")
+def _tuple(m: PickleMachine) -> bool:
+    m.push(tuple(m.pop_mark()))
+    return False
+
+
+@opcode("TUPLE1", "TUPLE2", "TUPLE3")
+def _tuple_n(m: PickleMachine) -> bool:
+    n = int(m.opname()[-1])
+    items = [m.pop() for _ in range(n)]
+    m.push(tuple(reversed(items)))
+    return False
+
+
+@opcode("EMPTY_LIST")
+def _empty_list(m: PickleMachine) -> bool:
+    m.push(Seq("list"))
+    return False
+
+
+@opcode("LIST")
+def _list(m: PickleMachine) -> bool:
+    seq = Seq("list")
+    for item in m.pop_mark():
+        seq.add(item)
+    m.push(seq)
+    return False
+
+
+@opcode("EMPTY_SET")
+def _empty_set(m: PickleMachine) -> bool:
+    m.push(Seq("set"))
+    return False
+
+
+@opcode("FROZENSET")
+def _frozenset(m: PickleMachine) -> bool:
+    seq = Seq("frozenset")
+    for item in m.pop_mark():
+        seq.add(item)
+    m.push(seq)
+    return False
+
+
+@opcode("EMPTY_DICT")
+def _empty_dict(m: PickleMachine) -> bool:
+    m.push(Mapping())
+    return False
+
+
+@opcode("DICT")
+def _dict(m: PickleMachine) -> bool:
+    items = m.pop_mark()
+    if len(items) % 2:
+        m.malformed("DICT has an odd number of items")
+    mapping = Mapping()
+    for i in range(0, len(items) - 1, 2):
+        mapping.add(items[i], items[i + 1])
+    m.push(mapping)
+    return False
+
+
+def _add_items(target: Value, values: list[Value]) -> None:
+    if isinstance(target, Seq):
+        for value in values:
+            target.add(value)
+    elif isinstance(target, Instance) and len(target.items) < KEPT_ITEMS:
+        target.items.extend(values[:KEPT_ITEMS - len(target.items)])
+
+
+def _set_items(target: Value, items: list[Value]) -> None:
+    if isinstance(target, Mapping):
+        for i in range(0, len(items) - 1, 2):
+            target.add(items[i], items[i + 1])
+    else:
+        _add_items(target, items)
+
+
+@opcode("APPEND")
+def _append(m: PickleMachine) -> bool:
+    value = m.pop()
+    _add_items(m.top(), [value])
+    return False
+
+
+@opcode("APPENDS", "ADDITEMS")
+def _appends(m: PickleMachine) -> bool:
+    items = m.pop_mark()
+    _add_items(m.top(), items)
+    return False
+
+
+@opcode("SETITEM")
+def _setitem(m: PickleMachine) -> bool:
+    value = m.pop()
+    key = m.pop()
+    _set_items(m.top(), [key, value])
+    return False
+
+
+@opcode("SETITEMS")
+def _setitems(m: PickleMachine) -> bool:
+    items = m.pop_mark()
+    if len(items) % 2:
+        m.malformed("SETITEMS has an odd number of items")
+    _set_items(m.top(), items)
+    return False
+
+
+# -- memo ---------------------------------------------------------------------------------
+
+
+@opcode("PUT")
+def _put(m: PickleMachine) -> bool:
+    index = m.int_line()
+    if index is not None and index < 0:
+        m.malformed("negative PUT argument")
+    elif index is not None:
+        m.memo_put(index)
+    return False
+
+
+@opcode("BINPUT")
+def _binput(m: PickleMachine) -> bool:
+    m.memo_put(m.read(1)[0])
+    return False
+
+
+@opcode("LONG_BINPUT")
+def _long_binput(m: PickleMachine) -> bool:
+    m.memo_put(m.unpack("<I"))
+    return False
+
+
+@opcode("MEMOIZE")
+def _memoize(m: PickleMachine) -> bool:
+    m.memo_put(len(m.memo))    # load_memoize: memo[len(memo)] = stack[-1]
+    return False
+
+
+@opcode("GET")
+def _get(m: PickleMachine) -> bool:
+    index = m.int_line()
+    if index is None:
+        m.push(Opaque("bad memo key"))
+    else:
+        m.memo_get(index)
+    return False
+
+
+@opcode("BINGET")
+def _binget(m: PickleMachine) -> bool:
+    m.memo_get(m.read(1)[0])
+    return False
+
+
+@opcode("LONG_BINGET")
+def _long_binget(m: PickleMachine) -> bool:
+    m.memo_get(m.unpack("<I"))
+    return False
+
+
+# -- imports ------------------------------------------------------------------------------
+
+
+def _line_import(m: PickleMachine, opname: str) -> Value:
+    # load_global/load_inst: module and name are raw lines, decoded (we accept UTF-8, the
+    # wider of the encodings CPython versions use), then find_class(module, name).
+    raw_module = m.name_line()
+    raw_name = m.name_line()
+    module = m.decode_name(raw_module, "utf-8")
+    name = m.decode_name(raw_name, "utf-8")
+    if module is None or name is None:
+        return Opaque("undecodable global")
+    return m.import_global(module, name, opname)
+
+
+@opcode("GLOBAL")
+def _global(m: PickleMachine) -> bool:
+    m.push(_line_import(m, "GLOBAL"))
+    return False
+
+
+@opcode("STACK_GLOBAL")
+def _stack_global(m: PickleMachine) -> bool:
+    name_value = m.pop()
+    module_value = m.pop()
+    module, name = m.text_of(module_value), m.text_of(name_value)
+    if module is None or name is None:
+        m.out.finding(
+            FindingKind.UNRESOLVED, m.op_offset,
+            f"STACK_GLOBAL imports from operands that are not provably strings "
+            f"(module: {describe(module_value)}, name: {describe(name_value)})",
+            module=module, name=name)
+        m.push(Opaque("unresolved global"))
+    else:
+        m.push(m.import_global(module, name, "STACK_GLOBAL"))
+    return False
+
+
+@opcode("EXT1", "EXT2", "EXT4")
+def _ext(m: PickleMachine) -> bool:
+    opname = m.opname()
+    code = m.read(1)[0] if opname == "EXT1" else m.unpack("<H" if opname == "EXT2" else "<i")
+    m.out.finding(FindingKind.UNRESOLVED, m.op_offset,
+                  f"{opname} {code}: imports whatever the loading process registered in the "
+                  "copyreg extension registry, which cannot be known statically")
+    m.push(Opaque(f"extension {code}"))
+    return False
+
+
+@opcode("INST")
+def _inst(m: PickleMachine) -> bool:
+    offset = m.op_offset
+    cls = _line_import(m, "INST")     # find_class runs before pop_mark, even with no MARK
+    args = m.pop_mark()
+    m.push(Instance(cls, tuple(args), "INST", offset))
+    return False
+
+
+@opcode("OBJ")
+def _obj(m: PickleMachine) -> bool:
+    items = m.pop_mark()
+    if not items:
+        m.malformed("OBJ without a class")
+        m.push(Opaque("bad OBJ"))
+        return False
+    m.push(Instance(items[0], tuple(items[1:]), "OBJ", m.op_offset))
+    return False
+
+
+# -- calls --------------------------------------------------------------------------------
+
+
+@opcode("REDUCE")
+def _reduce(m: PickleMachine) -> bool:
+    args = m.pop()
+    func = m.top()
+    m.set_top(Instance(func, args, "REDUCE", m.op_offset))
+    return False
+
+
+@opcode("NEWOBJ")
+def _newobj(m: PickleMachine) -> bool:
+    args = m.pop()
+    cls = m.pop()
+    m.push(Instance(cls, args, "NEWOBJ", m.op_offset))
+    return False
+
+
+@opcode("NEWOBJ_EX")
+def _newobj_ex(m: PickleMachine) -> bool:
+    kwargs = m.pop()
+    args = m.pop()
+    cls = m.pop()
+    m.push(Instance(cls, args, "NEWOBJ_EX", m.op_offset, kwargs=kwargs))
+    return False
+
+
+@opcode("BUILD")
+def _build(m: PickleMachine) -> bool:
+    state = m.pop()
+    inst = m.top()
+    if isinstance(inst, Instance):
+        inst.state = state
+    if m.on_build is not None:
+        m.on_build(m, inst)
+    return False
+
+
+@opcode("PERSID")
+def _persid(m: PickleMachine) -> bool:
+    raw = m.line()
+    m.out.persistent_ids.append((m.op_offset, raw.decode("latin-1")))
+    m.push(Opaque("persistent object"))
+    return False
+
+
+@opcode("BINPERSID")
+def _binpersid(m: PickleMachine) -> bool:
+    m.out.persistent_ids.append((m.op_offset, m.pop()))
+    m.push(Opaque("persistent object"))
+    return False
+
+
+# Exhaustive over CPython's own opcode table: a new opcode in a future Python fails here at
+# import time rather than being silently treated as unknown.
+_OPCODES = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
+_missing = sorted(op.name for op in pickletools.opcodes if op.name not in _HANDLERS)
+if _missing:  # pragma: no cover - guards against a newer Python's opcode table
+    raise ImportError(f"picklegate has no handler for pickle opcodes {_missing}")
+_DISPATCH: dict[int, Handler] = {code: _HANDLERS[op.name] for code, op in _OPCODES.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole files: concatenated streams
+
+
+def analyse_pickles(buf: Buffer, start: int = 0, end: int | None = None, *,
+                    member: str | None = None, limits: Limits = DEFAULT_LIMITS,
+                    on_build: BuildHook | None = None,
+                    collector: Collector | None = None) -> Collector:
+    """Analyse every pickle stream in ``buf[start:end]``, to the end of the data.
+
+    Streams follow each other; bytes after a STOP that are only whitespace or NUL are padding,
+    anything else is read as a further stream (a second pickle is loaded by a second load()).
+    """
+    out = collector if collector is not None else Collector(member=member)
+    stop = len(buf) if end is None else end
+    if start >= stop:
+        out.finding(FindingKind.MALFORMED, start, "empty: no pickle data")
+        return out
+    pos = start
+    streams = 0
+    while pos < stop:
+        if streams >= limits.max_streams:
+            out.finding(FindingKind.LIMIT, pos,
+                        f"more than {limits.max_streams} pickle streams; the rest was not analysed")
+            break
+        after = PickleMachine(buf, pos, stop, out, limits, on_build).run()
+        streams += 1
+        if after is None:
+            break
+        pos = skip_padding(buf, after, stop)
+    return out
+
+
+def skip_padding(buf: Buffer, pos: int, end: int) -> int:
+    while pos < end and buf[pos] in PADDING:
+        pos += 1
+    return pos

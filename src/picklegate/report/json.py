@@ -1,0 +1,67 @@
+"""The JSON document (schema version 1). The only place JSON output is produced."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from picklegate.findings import FileResult, Finding, GlobalRef, ScanResult, Status
+
+JSON_VERSION = 1
+
+
+def render(result: ScanResult, color: bool = False) -> str:
+    return json.dumps(document(result), indent=2, sort_keys=False) + "\n"
+
+
+def document(result: ScanResult) -> dict[str, Any]:
+    return {
+        "version": JSON_VERSION,
+        "policy": result.policy,
+        "files": [_file(f) for f in result.files],
+        "summary": {
+            "files": len(result.files),
+            "clean": result.count(Status.CLEAN),
+            "violations": result.count(Status.VIOLATION),
+            "errors": result.count(Status.ERROR),
+        },
+    }
+
+
+def _file(f: FileResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": f.path,
+        "format": f.format,
+        "status": f.status.value,
+        "findings": [_finding(x) for x in f.findings],
+        "imports": _imports(f.inventory.imports),
+        "notes": list(f.inventory.notes),
+    }
+    if f.error is not None:
+        out["error"] = f.error
+    return out
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    return {
+        "kind": f.kind.value,
+        "severity": "warning" if f.warning else "error",
+        "module": f.module,
+        "name": f.name,
+        "member": f.member,
+        "offset": f.offset,
+        "count": f.count,
+        "message": f.message,
+    }
+
+
+def _imports(refs: tuple[GlobalRef, ...]) -> list[dict[str, Any]]:
+    """Distinct imports per member with their first offset and count: the file's inventory."""
+    seen: dict[tuple[str | None, str, str], dict[str, Any]] = {}
+    for ref in refs:
+        key = (ref.member, ref.module, ref.name)
+        if key in seen:
+            seen[key]["count"] += 1
+        else:
+            seen[key] = {"module": ref.module, "name": ref.name, "member": ref.member,
+                         "offset": ref.offset, "count": 1}
+    return list(seen.values())

@@ -1,0 +1,43 @@
+"""Orchestration: sources -> formats -> machine -> decision -> ScanResult. Prints nothing."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from picklegate.decision import judge
+from picklegate.errors import SourceError
+from picklegate.findings import FileResult, ScanResult, Status
+from picklegate.formats import Context, analyse_buffer
+from picklegate.limits import DEFAULT_LIMITS, Limits
+from picklegate.policy import Policy, utc_today
+from picklegate.sources import Source
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    limits: Limits = DEFAULT_LIMITS
+    today: dt.date = field(default_factory=utc_today)
+
+
+def scan_sources(sources: Iterable[Source], policy: Policy,
+                 options: ScanOptions | None = None) -> ScanResult:
+    options = options or ScanOptions()
+    results = [scan_source(source, policy, options) for source in sources]
+    return ScanResult(files=tuple(results), policy=policy.source)
+
+
+def scan_source(source: Source, policy: Policy, options: ScanOptions) -> FileResult:
+    try:
+        buf = source.read()
+    except SourceError as exc:
+        return FileResult(path=source.display, format="unknown", status=Status.ERROR,
+                          error=str(exc))
+    analysis = analyse_buffer(buf, Context(limits=options.limits))
+    return judge(source.display, source.relpath, buf, analysis, policy, options.today)
+
+
+def scan_bytes(data: bytes, policy: Policy, path: str = "<bytes>",
+               options: ScanOptions | None = None) -> FileResult:
+    """Library entry point for one in-memory file."""
+    return scan_source(Source(path, path, lambda: data), policy, options or ScanOptions())
