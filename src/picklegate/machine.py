@@ -26,6 +26,7 @@ from picklegate.names import map_python2_name
 INLINE_BYTES = 64 * 1024
 # Containers keep this many items for format readers (joblib/torch state); the rest is counted.
 KEPT_ITEMS = 1024
+PROTO_BYTE = 0x80
 # pickle.py load_proto accepts 0..HIGHEST_PROTOCOL.
 HIGHEST_PROTOCOL = 5
 # Bytes allowed between concatenated streams (numpy writes a trailing newline).
@@ -149,22 +150,33 @@ class Collector:
     """Everything the machine learns about one member (or file), in stream order."""
 
     member: str | None = None
+    # Where the member starts inside the buffer: reported offsets are member-relative.
+    base: int = 0
     imports: list[GlobalRef] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     # (offset, pid) for every PERSID/BINPERSID: torch names its storages this way.
     persistent_ids: list[tuple[int, Value]] = field(default_factory=list)
     streams: int = 0
+    completed: int = 0          # streams that reached their STOP
 
     def finding(self, kind: FindingKind, offset: int | None, message: str,
                 module: str | None = None, name: str | None = None) -> None:
-        self.findings.append(Finding(kind=kind, message=message, module=module, name=name,
-                                     member=self.member, offset=offset))
+        self.findings.append(self.finding_value(kind, offset, message, module, name))
+
+    def finding_value(self, kind: FindingKind, offset: int | None, message: str,
+                      module: str | None = None, name: str | None = None) -> Finding:
+        """A Finding in this member; ``offset`` is absolute in the buffer."""
+        if offset is not None:
+            offset -= self.base
+        return Finding(kind=kind, message=message, module=module, name=name,
+                       member=self.member, offset=offset)
 
     def extend(self, other: Collector) -> None:
         self.imports.extend(other.imports)
         self.findings.extend(other.findings)
         self.persistent_ids.extend(other.persistent_ids)
         self.streams += other.streams
+        self.completed += other.completed
 
 
 class Fatal(Exception):
@@ -179,7 +191,7 @@ class Fatal(Exception):
 
 # Called after every BUILD with the machine and the built object; container readers (joblib)
 # use it to consume bytes that follow the opcode, exactly as their unpickler subclass does.
-BuildHook = Callable[["PickleMachine", Value], None]
+BuildHook = Callable[["PickleMachine", Value, Value], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +214,7 @@ class PickleMachine:
         self.memo: dict[int, Value] = {}
         self.proto = 0           # pickle.py load(): self.proto = 0 until a PROTO opcode
         self.op_offset = start   # offset of the opcode being executed
+        self.result: Value = None  # what STOP returned (format readers inspect it)
         self.underflows = 0
 
     # -- driver ---------------------------------------------------------------------------
@@ -230,6 +243,7 @@ class PickleMachine:
                                 f"invalid pickle opcode 0x{code:02x}; the rest of the stream "
                                 "cannot be read")
                 if handler(self):
+                    self.out.completed += 1
                     return self.pos
         except Fatal as fatal:
             self.out.finding(fatal.kind, fatal.offset, fatal.message)
@@ -337,7 +351,8 @@ class PickleMachine:
         written = None
         if (mapped_module, mapped_name) != (module, name):
             written = f"{module}.{name}"
-        ref = GlobalRef(module=mapped_module, name=mapped_name, offset=self.op_offset,
+        ref = GlobalRef(module=mapped_module, name=mapped_name,
+                        offset=self.op_offset - self.out.base,
                         opcode=opcode, member=self.out.member, written_as=written)
         self.out.imports.append(ref)
         return Ref(ref)
@@ -446,7 +461,7 @@ def opcode(*names: str) -> Callable[[Handler], Handler]:
 
 @opcode("STOP")
 def _stop(m: PickleMachine) -> bool:
-    m.pop()
+    m.result = m.pop()
     return True
 
 
@@ -986,7 +1001,7 @@ def _build(m: PickleMachine) -> bool:
     if isinstance(inst, Instance):
         inst.state = state
     if m.on_build is not None:
-        m.on_build(m, inst)
+        m.on_build(m, inst, state)
     return False
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from picklegate.decision import judge
 from picklegate.errors import SourceError
 from picklegate.findings import FileResult, ScanResult, Status
-from picklegate.formats import Context, analyse_buffer
+from picklegate.findings import FindingKind
+from picklegate.formats import Analysis, Context, analyse_buffer
 from picklegate.limits import DEFAULT_LIMITS, Limits
 from picklegate.policy import Policy, utc_today
 from picklegate.sources import Source
@@ -33,7 +34,13 @@ def scan_source(source: Source, policy: Policy, options: ScanOptions) -> FileRes
     except SourceError as exc:
         return FileResult(path=source.display, format="unknown", status=Status.ERROR,
                           error=str(exc))
-    analysis = analyse_buffer(buf, Context(limits=options.limits))
+    try:
+        analysis = analyse_buffer(buf, Context(limits=options.limits))
+    except Exception as exc:  # noqa: BLE001 - fail closed: a bug must never pass a file
+        analysis = Analysis(format="unknown")
+        analysis.out.finding(FindingKind.MALFORMED, None,
+                             f"picklegate could not analyse this file ({type(exc).__name__}: "
+                             f"{exc}); it is treated as unsafe. Please report this.")
     return judge(source.display, source.relpath, buf, analysis, policy, options.today)
 
 

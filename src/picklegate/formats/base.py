@@ -11,7 +11,7 @@ from picklegate.machine import Buffer, Collector
 
 @dataclass
 class Budget:
-    """Bytes decompressed so far for one top-level file, across every nested member."""
+    """Bytes decompressed and members opened so far for one top-level file, at every depth."""
 
     expanded: int = 0
     members: int = 0
@@ -19,17 +19,21 @@ class Budget:
 
 @dataclass
 class Context:
+    """Where a reader is: the member path inside containers and where that member starts."""
+
     limits: Limits = DEFAULT_LIMITS
-    member: str | None = None          # path inside the containers, joined with "/" ("!" nests)
+    member: str | None = None          # nested members joined with "/" (archives) or "!" (codecs)
+    base: int = 0                      # offset of the member's first byte in the buffer
     depth: int = 0
     budget: Budget = field(default_factory=Budget)
+    top_level: bool = True             # a file the user named, not something found inside one
 
-    def child(self, name: str, nested: bool = False) -> Context:
-        if self.member is None:
-            member = name
-        else:
-            member = f"{self.member}{'!' if nested else '/'}{name}"
-        return Context(self.limits, member, self.depth + 1, self.budget)
+    def child(self, name: str, base: int = 0, sep: str = "/") -> Context:
+        member = name if self.member is None else f"{self.member}{sep}{name}"
+        return Context(self.limits, member, base, self.depth + 1, self.budget, top_level=False)
+
+    def collector(self) -> Collector:
+        return Collector(member=self.member, base=self.base)
 
 
 @dataclass
@@ -41,36 +45,31 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
     def finding(self, ctx: Context, kind: FindingKind, offset: int | None, message: str) -> None:
-        previous = self.out.member
-        self.out.member = ctx.member
-        self.out.finding(kind, offset, message)
-        self.out.member = previous
-
-    def collector(self, ctx: Context) -> Collector:
-        """A collector for one member; merge it back with :meth:`merge`."""
-        return Collector(member=ctx.member)
+        """A finding at an absolute buffer offset inside the member ``ctx`` describes."""
+        self.out.findings.append(ctx.collector().finding_value(kind, offset, message))
 
     def merge(self, part: Collector) -> None:
         self.out.extend(part)
 
 
-Reader = Callable[[Buffer, Context, Analysis], str]
+# A reader gets the whole buffer and the member's [start, end) range inside it.
+Reader = Callable[[Buffer, int, int, Context, Analysis], str]
 
 
 def analyse_buffer(buf: Buffer, ctx: Context | None = None) -> Analysis:
     """Analyse a whole top-level file."""
     ctx = ctx or Context()
     analysis = Analysis()
-    analysis.format = analyse_member(buf, ctx, analysis)
+    analysis.format = analyse_member(buf, 0, len(buf), ctx, analysis)
     return analysis
 
 
-def analyse_member(buf: Buffer, ctx: Context, analysis: Analysis) -> str:
-    """Detect what ``buf`` is and run its reader; return the format name it found."""
+def analyse_member(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
+    """Detect what ``buf[start:end]`` is and run its reader; return the format it found."""
     from picklegate.formats.detect import reader_for  # late: readers import this module
 
     if ctx.depth > ctx.limits.max_depth:
-        analysis.finding(ctx, FindingKind.LIMIT, None,
+        analysis.finding(ctx, FindingKind.LIMIT, start,
                          f"containers nested deeper than {ctx.limits.max_depth}; not analysed")
         return "nested"
-    return reader_for(buf)(buf, ctx, analysis)
+    return reader_for(buf, start, end, ctx)(buf, start, end, ctx, analysis)

@@ -1,10 +1,71 @@
-"""Bare pickle streams (one or several concatenated)."""
+"""Pickle streams (one or several concatenated), including joblib's interleaved arrays."""
 from __future__ import annotations
 
+import re
+
+from picklegate.findings import FindingKind, GlobalRef
 from picklegate.formats.base import Analysis, Context
-from picklegate.machine import Buffer, analyse_pickles
+from picklegate.formats.joblib import JoblibHook
+from picklegate.formats.torch import first_value_is_magic, read_legacy
+from picklegate.machine import PROTO_BYTE, Buffer, Collector, analyse_pickles
+
+# Member names that say "this is a pickle" even when its first byte could be something else.
+PICKLE_NAMES = (".pkl", ".pickle", ".debug_pkl", ".joblib", ".pt", ".pth", ".bin", ".dill")
 
 
-def read_pickle(buf: Buffer, ctx: Context, analysis: Analysis) -> str:
-    analysis.merge(analyse_pickles(buf, member=ctx.member, limits=ctx.limits))
+def read_pickle(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
+    if first_value_is_magic(buf, start, end):
+        return read_legacy(buf, start, end, ctx, analysis)
+    hook = JoblibHook()
+    part = analyse_pickles(buf, start, end, limits=ctx.limits, on_build=hook,
+                           collector=ctx.collector())
+    if _is_stray_data(buf, start, end, ctx, part):
+        return "data"
+    analysis.merge(part)
+    if hook.arrays:
+        _plain_pass(buf, start, end, ctx, analysis, hook.skipped)
+        return "joblib"
     return "pickle"
+
+
+def _is_stray_data(buf: Buffer, start: int, end: int, ctx: Context, part: Collector) -> bool:
+    """Inside an archive, a member that merely starts with a protocol-0 opcode byte (torch's
+    'byteorder' holds the text 'little', TorchScript's code/ holds Python source) and is not
+    named like a pickle is data, unless reading it as a pickle completes a stream, finds an
+    importable-looking name or an unresolved import. Nothing loads such members as pickles;
+    these conditions still catch a real pickle hidden under an innocent name."""
+    if ctx.top_level or (end > start and buf[start] == PROTO_BYTE):
+        return False
+    if (ctx.member or "").lower().endswith(PICKLE_NAMES):
+        return False
+    return (part.completed == 0 and not any(_plausible(r) for r in part.imports)
+            and all(f.kind is FindingKind.MALFORMED for f in part.findings))
+
+
+_IDENTIFIERS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _plausible(ref: GlobalRef) -> bool:
+    """Could find_class import this? Text read as opcodes yields names with spaces or none."""
+    return bool(_IDENTIFIERS.match(ref.module) and _IDENTIFIERS.match(ref.name))
+
+
+def _plain_pass(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis,
+                skipped: list[tuple[int, int]]) -> None:
+    """A joblib file loaded with plain pickle.load parses the raw array bytes as opcodes. Real
+    files fail at once (the padding-length byte is no opcode), but crafted array bytes could
+    hide imports there: report every import or unresolved import that reading finds inside the
+    skipped raw regions."""
+    plain = analyse_pickles(buf, start, end, limits=ctx.limits, collector=ctx.collector())
+    bases = ctx.base
+
+    def in_raw(offset: int | None) -> bool:
+        return offset is not None and any(a <= offset + bases < b for a, b in skipped)
+
+    extra = [r for r in plain.imports if in_raw(r.offset)]
+    analysis.out.imports.extend(extra)
+    analysis.out.findings.extend(f for f in plain.findings
+                                 if f.kind is FindingKind.UNRESOLVED and in_raw(f.offset))
+    if extra:
+        analysis.notes.append(f"{ctx.member or 'file'}: {len(extra)} import(s) hide in raw array "
+                              "bytes: joblib.load skips them, plain pickle.load imports them")

@@ -6,10 +6,10 @@ from picklegate.findings import FileResult, Finding, ScanResult, Status
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 
 
-def render(result: ScanResult, color: bool = False) -> str:
+def render(result: ScanResult, color: bool = False, verbose: bool = False) -> str:
     lines: list[str] = []
     for f in result.files:
-        lines.extend(_file_lines(f, color))
+        lines.extend(_file_lines(f, color, verbose))
     lines.append(summary(result, color))
     return "\n".join(lines) + "\n"
 
@@ -18,11 +18,12 @@ def _paint(text: str, code: str, color: bool) -> str:
     return f"{code}{text}{RESET}" if color else text
 
 
-def _file_lines(f: FileResult, color: bool) -> list[str]:
+def _file_lines(f: FileResult, color: bool, verbose: bool) -> list[str]:
     if f.status is Status.ERROR:
         return [_paint(f"{f.path}: error: {f.error}", RED, color)]
     lines = [finding_line(f.path, x, color) for x in f.findings]
-    lines += [f"{f.path}: note: {note}" for note in f.inventory.notes]
+    if f.findings or verbose:
+        lines += [f"{f.path}: note: {note}" for note in f.inventory.notes]
     return lines
 
 
