@@ -8,7 +8,8 @@ CPython's find_class would import (after Python 2 mapping, see names.py):
   A protocol 4 qualname such as ``base.os.system`` reaches attributes of other objects, so
   dotted names match only when listed exactly;
 * a module key ``pkg.*`` covers ``pkg`` and every submodule;
-* ``deny`` has the same shape and always wins, over presets and path rules too.
+* ``deny`` has the same shape and always wins, over presets and path rules too; there
+  ``"*"`` covers dotted names as well, and a denied name covers what is reached through it.
 
 Every error is a :class:`PolicyError` carrying ``file:line:column``.
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
@@ -35,6 +37,7 @@ ENTRY_KEYS = ("name", "reason", "owner", "expires")
 RULE_KEYS = ("paths", "allow", "deny", "reason")
 APPROVAL_KEYS = ("path", "sha256", "reason", "owner", "expires")
 CHOICES = {"unknown_formats": ("fail", "allow"), "lfs_pointers": ("fail", "warn")}
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\.\*)?$")
 
 
@@ -79,6 +82,15 @@ class Entry:
         if not self.covers_module(module):
             return False
         return name in self.names or (self.star and "." not in name)
+
+    def denies(self, module: str, name: str) -> bool:
+        """Deny is as broad as allow is narrow: ``"*"`` covers dotted names too, and a denied
+        name covers every attribute reached through it (a protocol 4 name "system.__call__")."""
+        if not self.covers_module(module):
+            return False
+        parts = name.split(".")
+        return self.star or any(".".join(parts[:i]) in self.names
+                                for i in range(1, len(parts) + 1))
 
     def expired(self, today: dt.date) -> bool:
         return self.expires is not None and today > self.expires
@@ -139,7 +151,7 @@ class Policy:
                 allow.extend(rule.allow)
                 deny.extend(rule.deny)
         for entry in deny:
-            if entry.matches(module, name):
+            if entry.denies(module, name):
                 return Decision(Verdict.DENIED, entry)
         expired: list[Entry] = []
         for entry in allow:
@@ -255,7 +267,8 @@ class _Node:
         return list(node.value)
 
     def date(self, node: yaml.Node, what: str) -> dt.date:
-        if isinstance(node, yaml.ScalarNode):
+        # Python 3.11's fromisoformat also takes "20240101" and "2024-W01-1"; the schema does not.
+        if isinstance(node, yaml.ScalarNode) and _DATE.match(str(node.value)):
             try:
                 return dt.date.fromisoformat(str(node.value))
             except ValueError:
@@ -273,11 +286,29 @@ class _Builder:
     files: list[str] = field(default_factory=list)
 
 
-def load_policy(path: str | Path) -> Policy:
+# Reads a policy file by path: its text, or None when there is no such file. The default reads
+# the filesystem; gitio supplies one that reads a commit (so CI can use the base's policy).
+PolicyReader = Callable[[str], "str | None"]
+
+
+def read_policy_file(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(path, None, None, f"cannot read policy: {exc}") from None
+
+
+def load_policy(path: str | Path, read: PolicyReader = read_policy_file,
+                source: str | None = None) -> Policy:
     """Load a policy file (and what it extends); raise PolicyError on any problem."""
     builder = _Builder()
-    _load_file(Path(path), str(path), builder, stack=())
-    return _finish(str(path), builder)
+    text = read(str(path))
+    if text is None:
+        raise PolicyError(str(path), None, None, "cannot read policy: no such file")
+    _load_file(str(path), text, builder, (), read)
+    return _finish(source or str(path), builder)
 
 
 def load_presets(names: Iterable[str], source: str) -> Policy:
@@ -319,13 +350,10 @@ def _read_yaml(text: str, display: str) -> yaml.Node:
     return node
 
 
-def _load_file(path: Path, display: str, b: _Builder, stack: tuple[str, ...]) -> None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(display, None, None, f"cannot read policy: {exc}") from None
-    b.files.append(display)
-    _load_text(text, display, path.parent, b, stack + (str(path.resolve()),))
+def _load_file(path: str, text: str, b: _Builder, stack: tuple[str, ...],
+               read: PolicyReader) -> None:
+    b.files.append(path)
+    _load_text(text, path, os.path.dirname(path), b, stack + (os.path.normpath(path),), read)
 
 
 def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node | None,
@@ -339,11 +367,11 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
                                  f"{', '.join(preset_names())} (or a relative path ending in .yaml)")
     display = f"<preset {name}>"
     b.files.append(display)
-    _load_text(resource.read_text(encoding="utf-8"), display, None, b, stack + (key,))
+    _load_text(resource.read_text(encoding="utf-8"), display, None, b, stack + (key,), None)
 
 
-def _load_text(text: str, display: str, folder: Path | None, b: _Builder,
-               stack: tuple[str, ...]) -> None:
+def _load_text(text: str, display: str, folder: str | None, b: _Builder,
+               stack: tuple[str, ...], read: PolicyReader | None) -> None:
     r = _Node(display)
     root = _read_yaml(text, display)
     top = r.keys(root, TOP_KEYS, "the policy")
@@ -358,7 +386,7 @@ def _load_text(text: str, display: str, folder: Path | None, b: _Builder,
         r.string(top["description"], "description")
     if "extends" in top:
         for item in r.sequence(top["extends"], "extends"):
-            _extend(r.string(item, "an extends item"), item, folder, b, stack, r)
+            _extend(r.string(item, "an extends item"), item, folder, b, stack, r, read)
     if "allow" in top:
         b.allow.extend(_table(r, top["allow"], "allow"))
     if "deny" in top:
@@ -375,20 +403,21 @@ def _load_text(text: str, display: str, folder: Path | None, b: _Builder,
         b.approved.extend(_approval(r, item) for item in r.sequence(top["approved"], "approved"))
 
 
-def _extend(target: str, node: yaml.Node, folder: Path | None, b: _Builder,
-            stack: tuple[str, ...], r: _Node) -> None:
+def _extend(target: str, node: yaml.Node, folder: str | None, b: _Builder,
+            stack: tuple[str, ...], r: _Node, read: PolicyReader | None) -> None:
     if not target.endswith((".yaml", ".yml")):
         _load_preset(target, b, stack, node, r)
         return
-    if folder is None:
+    if folder is None or read is None:
         raise r.error(node, "a built-in preset can only extend other presets")
-    path = (folder / target)
-    if str(path.resolve()) in stack:
+    path = os.path.normpath(os.path.join(folder, target))
+    if path in stack:
         raise r.error(node, f"extends cycle: {target} is already being loaded")
-    if not path.is_file():
+    text = read(path)
+    if text is None:
         raise r.error(node, f"extends {target!r}, which does not exist "
                             f"(paths are relative to {folder or '.'})")
-    _load_file(path, str(path), b, stack)
+    _load_file(path, text, b, stack, read)
 
 
 def _table(r: _Node, node: yaml.Node, what: str) -> list[Entry]:

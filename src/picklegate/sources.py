@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from picklegate.errors import SourceError, UsageError
+from picklegate.errors import SourceError
 from picklegate.machine import Buffer
 
 # File names picklegate looks at when it walks a directory; the same list feeds the pre-commit
@@ -44,7 +44,7 @@ def read_file(path: str) -> Buffer:
                 return b""
             return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from None
 
 
 def file_sources(paths: list[str], root: Path | None) -> Iterator[Source]:
@@ -52,10 +52,10 @@ def file_sources(paths: list[str], root: Path | None) -> Iterator[Source]:
     for given in paths:
         if os.path.isdir(given):
             yield from _walk(given, root)
-        elif os.path.exists(given) or os.path.islink(given):
-            yield _file(given, root)
         else:
-            raise UsageError(f"{given}: no such file or directory")
+            # A missing or unreadable file becomes that file's error result (exit 2) while the
+            # other files are still scanned and reported.
+            yield _file(given, root)
 
 
 def _walk(folder: str, root: Path | None) -> Iterator[Source]:
