@@ -5,15 +5,19 @@ from typing import Callable
 
 from picklegate.findings import ScanResult
 
-Reporter = Callable[[ScanResult, bool], str]
+# (result, colour, verbose) -> the whole document
+Reporter = Callable[[ScanResult, bool, bool], str]
+FORMATS = ("text", "json", "sarif", "github")
 
 
 def reporter(name: str) -> Reporter:
+    from picklegate.report import github, sarif, text
     from picklegate.report import json as json_report
-    from picklegate.report import text
 
-    reporters: dict[str, Reporter] = {"text": text.render, "json": json_report.render}
+    reporters: dict[str, Reporter] = {
+        "text": text.render,
+        "json": lambda result, color, verbose: json_report.render(result),
+        "sarif": lambda result, color, verbose: sarif.render(result),
+        "github": lambda result, color, verbose: github.render(result),
+    }
     return reporters[name]
-
-
-FORMATS = ("text", "json")

@@ -1,0 +1,125 @@
+"""`picklegate policy check`: what a reviewer must look at in a policy beyond its schema.
+
+* allow entries (and wildcards) that admit a known code-execution gadget, from the curated
+  list in data/gadgets.yaml;
+* allow entries and approvals that have expired;
+* approvals of files that no longer exist.
+
+Returns values; cli.py prints them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from picklegate.policy import Entry, Origin, Policy
+
+
+@dataclass(frozen=True)
+class Gadget:
+    module: str              # may end in ".*": the package and its submodules
+    names: frozenset[str]    # empty = every name in the module
+    why: str
+    references: tuple[str, ...]
+
+    @property
+    def subtree(self) -> bool:
+        return self.module.endswith(".*")
+
+    @property
+    def base(self) -> str:
+        return self.module[:-2] if self.subtree else self.module
+
+
+@dataclass(frozen=True)
+class Problem:
+    origin: Origin | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.message}" if self.origin else self.message
+
+
+def load_gadgets() -> list[Gadget]:
+    text = (resources.files("picklegate") / "data" / "gadgets.yaml").read_text("utf-8")
+    gadgets = []
+    for item in yaml.safe_load(text)["gadgets"]:
+        names = item["names"]
+        gadgets.append(Gadget(
+            module=item["module"],
+            names=frozenset() if names == "*" else frozenset(names),
+            why=item["why"],
+            references=tuple(item.get("references", ()))))
+    return gadgets
+
+
+def admitted(entry: Entry, gadget: Gadget) -> list[str]:
+    """The gadget globals an allow entry admits ("module.name", or "module.*" for all)."""
+    overlap = _overlap(entry, gadget)
+    if overlap is None:
+        return []
+    if not gadget.names:
+        if entry.star or entry.names:
+            listed = sorted(entry.names) if not entry.star else ["*"]
+            return [f"{overlap}.{name}" for name in listed]
+        return []
+    return [f"{overlap}.{name}" for name in sorted(gadget.names)
+            if name in entry.names or (entry.star and "." not in name)]
+
+
+def _overlap(entry: Entry, gadget: Gadget) -> str | None:
+    """A module both the entry and the gadget cover, if any."""
+    if entry.covers_module(gadget.base):
+        return gadget.base
+    if gadget.subtree and (entry.module == gadget.base or
+                           entry.module.startswith(gadget.base + ".")):
+        return entry.module
+    return None
+
+
+def review(policy: Policy, today: dt.date, root: Path,
+           gadgets: list[Gadget] | None = None) -> list[Problem]:
+    gadgets = load_gadgets() if gadgets is None else gadgets
+    problems: list[Problem] = []
+    for entry in _reviewable(policy):
+        for gadget in gadgets:
+            for found in admitted(entry, gadget):
+                if _denied(policy, found):
+                    continue
+                problems.append(Problem(entry.origin, _gadget_message(entry, found, gadget)))
+        if entry.expired(today):
+            problems.append(Problem(entry.origin, f"allow entry {entry.pattern} expired on "
+                                                  f"{entry.expires}; renew or remove it"))
+    for approval in policy.approved:
+        if approval.expires is not None and today > approval.expires:
+            problems.append(Problem(approval.origin, f"approval of {approval.path} expired on "
+                                                     f"{approval.expires}"))
+        if not (root / approval.path).is_file():
+            problems.append(Problem(approval.origin, f"approval of {approval.path}: no such file "
+                                                     f"under {root}; remove the approval"))
+    return sorted(problems, key=lambda p: (str(p.origin.path) if p.origin else "",
+                                           p.origin.line if p.origin else 0))
+
+
+def _denied(policy: Policy, dotted: str) -> bool:
+    """Deny wins, so a gadget the policy also denies is not admitted."""
+    module, _, name = dotted.rpartition(".")
+    return any(d.denies(module, "__any__" if name == "*" else name) and (name != "*" or d.star)
+               for d in policy.deny)
+
+
+def _reviewable(policy: Policy) -> list[Entry]:
+    """Allow entries written in policy files (built-in presets are reviewed by our tests)."""
+    entries = list(policy.allow) + [e for rule in policy.rules for e in rule.allow]
+    return [e for e in entries if not e.origin.path.startswith("<preset ")]
+
+
+def _gadget_message(entry: Entry, found: str, gadget: Gadget) -> str:
+    refs = f" (see {gadget.references[0]})" if gadget.references else ""
+    names = "*" if entry.star else ", ".join(sorted(entry.names))
+    return (f"allow entry {entry.pattern}: [{names}] admits {found}, a known code-execution "
+            f"gadget: {gadget.why}{refs}. Remove it, or list only the exact harmless names")
