@@ -27,7 +27,7 @@ def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, po
         if approved:
             merged = []
     status = Status.VIOLATION if any(not f.warning for f in merged) else Status.CLEAN
-    return FileResult(path=display, format=analysis.format, status=status,
+    return FileResult(path=display, relpath=relpath, format=analysis.format, status=status,
                       findings=tuple(merged),
                       inventory=Inventory(imports=tuple(analysis.out.imports), notes=tuple(notes)))
 

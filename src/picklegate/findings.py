@@ -85,6 +85,12 @@ class FileResult:
     findings: tuple[Finding, ...] = ()
     inventory: Inventory = field(default_factory=Inventory)
     error: str | None = None
+    # Repository-relative, forward slashes: what SARIF and path rules use (None outside a repo).
+    relpath: str | None = None
+
+    @property
+    def location(self) -> str:
+        return self.relpath or self.path
 
 
 @dataclass(frozen=True)

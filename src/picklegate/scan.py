@@ -32,8 +32,8 @@ def scan_source(source: Source, policy: Policy, options: ScanOptions) -> FileRes
     try:
         buf = source.read()
     except SourceError as exc:
-        return FileResult(path=source.display, format="unknown", status=Status.ERROR,
-                          error=str(exc))
+        return FileResult(path=source.display, relpath=source.relpath, format="unknown",
+                          status=Status.ERROR, error=str(exc))
     try:
         analysis = analyse_buffer(buf, Context(limits=options.limits))
     except Exception as exc:  # noqa: BLE001 - fail closed: a bug must never pass a file

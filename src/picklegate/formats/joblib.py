@@ -25,7 +25,7 @@ WRAPPERS = {
 DTYPE_CLASSES = {("numpy", "dtype"), ("numpy.core.multiarray", "dtype"),
                  ("numpy._core.multiarray", "dtype")}
 INIT_ARGS = ("subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes")
-_SIMPLE = re.compile(r"^[<>|=]?([?biufcmMO])(\d*)(\[\w+\])?$")
+_SIMPLE = re.compile(r"^[<>|=]?([?biufcmMOSaUV])(\d*)(\[\w+\])?$")
 _OBJECT_UNKNOWN = object()
 
 

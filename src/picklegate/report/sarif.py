@@ -178,24 +178,24 @@ def render(result: ScanResult, color: bool = False) -> str:
 
 
 def document(result: ScanResult) -> dict[str, Any]:
-    files = sorted(result.files, key=lambda f: f.path)
+    files = sorted(result.files, key=lambda f: f.location)
     artifacts: list[dict[str, Any]] = []
     artifact_index: dict[str, int] = {}
     for f in files:
-        if f.path not in artifact_index:
-            artifact_index[f.path] = len(artifacts)
-            artifacts.append({"location": artifact_location(f.path),
+        if f.location not in artifact_index:
+            artifact_index[f.location] = len(artifacts)
+            artifacts.append({"location": artifact_location(f.location),
                               "roles": ["analysisTarget"],
                               "properties": {"format": f.format, "status": f.status.value}})
     results: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
     for f in files:
-        index = artifact_index[f.path]
+        index = artifact_index[f.location]
         if f.status is Status.ERROR:
             results.append(_error_result(f, index))
             notifications.append(_notification(f, index))
         for finding in sorted(f.findings, key=lambda x: x.sort_key):
-            results.append(_result(f.path, finding, index))
+            results.append(_result(f.location, finding, index))
     invocation: dict[str, Any] = {"executionSuccessful": not notifications}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
@@ -259,7 +259,7 @@ def fingerprint(path: str, finding: Finding) -> str:
 
 
 def error_fingerprint(f: FileResult) -> str:
-    return _digest([f.path, "", SCAN_ERROR, "", ""])
+    return _digest([f.location, "", SCAN_ERROR, "", ""])
 
 
 def _digest(fields: list[str]) -> str:
@@ -325,7 +325,7 @@ def _error_result(f: FileResult, index: int) -> dict[str, Any]:
         "level": "error",
         "message": {"text": _error_text(f)},
         "locations": [{"physicalLocation": {
-            "artifactLocation": {**artifact_location(f.path), "index": index},
+            "artifactLocation": {**artifact_location(f.location), "index": index},
             "region": {"startLine": 1},
         }}],
         "partialFingerprints": {FINGERPRINT_KEY: digest, "primaryLocationLineHash": digest},
@@ -338,7 +338,7 @@ def _notification(f: FileResult, index: int) -> dict[str, Any]:
         "level": "error",
         "message": {"text": _error_text(f)},
         "locations": [{"physicalLocation": {
-            "artifactLocation": {**artifact_location(f.path), "index": index},
+            "artifactLocation": {**artifact_location(f.location), "index": index},
         }}],
         "associatedRule": {"id": SCAN_ERROR, "index": RULE_INDEX[SCAN_ERROR]},
     }
