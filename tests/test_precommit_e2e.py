@@ -100,7 +100,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     work.mkdir()
     git("init", "-q", cwd=work, env=env)
     (work / ".pre-commit-config.yaml").write_text(
-        f"repos:\n-   repo: {repo_url}\n    rev: {rev}\n    hooks:\n    -   id: picklegate\n",
+        f"repos:\n-   repo: {repo_url}\n    rev: {rev}\n    hooks:\n    -   id: picklegate\n"
+        f"    -   id: picklegate-policy\n",
         encoding="utf-8")
     (work / ".picklegate.yaml").write_text(POLICY, encoding="utf-8")
     proc = subprocess.run((sys.executable, "-m", "pre_commit", "install"), cwd=work, env=env,
@@ -144,4 +145,17 @@ def test_malicious_pickle_is_refused(project: tuple[Path, dict[str, str]]) -> No
     assert "Failed" in output
     assert f"models/evil.pkl: offset 2: {GETCWD} is not allowed by policy" in output
     assert "exit code: 1" in output
+    assert commits(work, env) == before
+
+
+def test_policy_hook_refuses_a_gadget_in_the_policy(project: tuple[Path, dict[str, str]]) -> None:
+    work, env = project
+    (work / ".picklegate.yaml").write_text(POLICY + "  builtins: [eval, dict]\n",
+                                           encoding="utf-8")
+    before = commits(work, env)
+    proc = commit(work, env, ".picklegate.yaml")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "picklegate policy is valid" in output and "Failed" in output
+    assert ".picklegate.yaml:4:3: allow entry builtins: [dict, eval] admits builtins.eval" in output
     assert commits(work, env) == before

@@ -491,7 +491,10 @@ def _approval(r: _Node, node: yaml.Node) -> Approval:
     for required in ("path", "sha256", "reason"):
         if required not in keys:
             raise r.error(node, f"an approval needs '{required}'")
-    digest = r.string(keys["sha256"], "sha256").lower()
+    # The raw scalar text: an unquoted digest made only of digits (or digits and one "e")
+    # would otherwise be read by YAML as a number.
+    node = keys["sha256"]
+    digest = str(node.value).lower() if isinstance(node, yaml.ScalarNode) else ""
     if not _SHA256.match(digest):
         raise r.error(keys["sha256"], "sha256 must be 64 hexadecimal digits "
                                       "(the output of sha256sum on the file)")

@@ -1,0 +1,92 @@
+"""`picklegate policy check`: gadgets admitted by allow entries, expiry, stale approvals."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from picklegate.cli import main
+from picklegate.policy import load_policy
+from picklegate.review import Gadget, admitted, load_gadgets, review
+
+TODAY = dt.date(2026, 11, 23)
+
+
+def check(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\n" + body)
+    return [str(p) for p in review(load_policy(path), TODAY, tmp_path)]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("allow:\n  builtins: [eval, dict]\n", ["builtins.eval"]),
+    ("allow:\n  builtins: \"*\"\n", ["builtins.eval", "builtins.exec", "builtins.getattr"]),
+    ("allow:\n  os: [getcwd]\n", ["os.getcwd"]),                 # os is a gadget module
+    ("allow:\n  \"numpy.*\": \"*\"\n", ["numpy.load"]),
+    ("allow:\n  subprocess: [Popen]\n", ["subprocess.Popen"]),
+    ("rules:\n  - paths: [\"x/**\"]\n    allow: {posix: [system]}\n", ["posix.system"]),
+])
+def test_allow_entries_that_admit_gadgets_are_flagged(tmp_path, body, expected):
+    problems = "\n".join(check(tmp_path, body))
+    for dotted in expected:
+        assert f"admits {dotted}" in problems
+    assert problems.startswith(f"{tmp_path / 'policy.yaml'}:")
+
+
+@pytest.mark.parametrize("body", [
+    "allow:\n  collections: [OrderedDict]\n  torch._utils: [_rebuild_tensor_v2]\n",
+    "extends: [builtins-safe, torch, numpy, sklearn]\n",
+    "allow:\n  builtins: [eval, dict]\ndeny:\n  builtins: [eval]\n",    # deny wins: admitted nothing
+])
+def test_harmless_policies_have_no_problems(tmp_path, body):
+    assert check(tmp_path, body) == []
+
+
+def test_expired_entries_and_stale_approvals(tmp_path):
+    (tmp_path / "present.pkl").write_bytes(b"x")
+    body = ("allow:\n  collections:\n    - {name: OrderedDict, expires: 2026-01-01}\n"
+            "approved:\n"
+            f"  - path: present.pkl\n    sha256: {'0' * 64}\n    reason: r\n    expires: 2026-11-22\n"
+            f"  - path: gone.pkl\n    sha256: {'1' * 64}\n    reason: r\n")
+    problems = "\n".join(check(tmp_path, body))
+    assert "allow entry collections expired on 2026-01-01" in problems
+    assert "approval of present.pkl expired on 2026-11-22" in problems
+    assert "approval of gone.pkl: no such file" in problems
+    assert "present.pkl: no such file" not in problems
+
+
+def test_whole_module_and_subtree_gadgets():
+    whole = Gadget("os", frozenset(), "runs commands", ())
+    subtree = Gadget("importlib.*", frozenset(), "imports code", ())
+    named = Gadget("builtins", frozenset({"eval"}), "evaluates code", ())
+    policy_entry = load_policy_entry("importlib.util", ["find_spec"])
+    assert admitted(policy_entry, subtree) == ["importlib.util.find_spec"]
+    assert admitted(load_policy_entry("os", ["getcwd"]), whole) == ["os.getcwd"]
+    assert admitted(load_policy_entry("builtins", ["dict"]), named) == []
+    assert admitted(load_policy_entry("builtins", ["*"]), named) == ["builtins.eval"]
+
+
+def load_policy_entry(module: str, names: list[str]):
+    from picklegate.policy import Entry, Origin
+    return Entry(module, False, "*" in names, frozenset(n for n in names if n != "*"),
+                 Origin("p", 1, 1))
+
+
+def test_gadget_list_is_curated_data():
+    gadgets = load_gadgets()
+    assert {"builtins", "os", "posix", "subprocess", "runpy"} <= {g.base for g in gadgets}
+    assert all(g.why for g in gadgets)
+
+
+def test_cli_policy_check_exit_codes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "good.yaml").write_text("version: 1\nallow:\n  collections: [OrderedDict]\n")
+    (tmp_path / "bad.yaml").write_text("version: 1\nallow:\n  builtins: [getattr]\n")
+    (tmp_path / "broken.yaml").write_text("version: 1\nallow: [x]\n")
+    assert main(["policy", "check", "good.yaml"]) == 0
+    assert main(["policy", "check", "bad.yaml"]) == 1
+    out = capsys.readouterr().out
+    assert "bad.yaml:3:3: allow entry builtins: [getattr] admits builtins.getattr" in out
+    assert main(["policy", "check", "broken.yaml"]) == 2
+    assert "broken.yaml:2:8:" in capsys.readouterr().err
