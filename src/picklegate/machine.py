@@ -216,6 +216,8 @@ class PickleMachine:
         self.op_offset = start   # offset of the opcode being executed
         self.result: Value = None  # what STOP returned (format readers inspect it)
         self.underflows = 0
+        # End of the current FRAME (absolute), None outside frames or once a frame is reported.
+        self.frame_end: int | None = None
 
     # -- driver ---------------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class PickleMachine:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
                         f"truncated: {self.opname()} needs {n} bytes of argument, "
                         f"{max(self.end - start, 0)} remain")
+        self.frame_check(start, start + n)
         self.pos = start + n
         return start
 
@@ -276,6 +279,7 @@ class PickleMachine:
         if nl < 0:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
                         f"truncated: {self.opname()} argument has no terminating newline")
+        self.frame_check(self.pos, nl + 1)
         data = bytes(self.buf[self.pos:nl])
         self.pos = nl + 1
         return data
@@ -288,13 +292,28 @@ class PickleMachine:
         """
         nl = self.buf.find(b"\n", self.pos, self.end)
         if nl >= 0:
+            self.frame_check(self.pos, nl + 1)
             data = bytes(self.buf[self.pos:nl])
             self.pos = nl + 1
             return data
+        self.frame_check(self.pos, self.end)
         rest = bytes(self.buf[self.pos:self.end])
         self.pos = self.end
         self.malformed(f"truncated: {self.opname()} name line has no terminating newline")
         return rest[:-1]
+
+    def frame_check(self, start: int, stop: int) -> None:
+        """An argument occupying ``[start, stop)`` must not run past the end of its FRAME.
+
+        pickle.py raises there, but _pickle reading a file without ``peek()`` (a BytesIO, as
+        torch.load uses) drops the rest of the frame and reads the argument from after it, so
+        from here on it would execute different bytes than the ones we follow.
+        """
+        if self.frame_end is not None and start < self.frame_end < stop:
+            self.malformed(f"{self.opname()} argument runs past the end of its FRAME; "
+                           "_pickle would read it from after the frame and execute different "
+                           "bytes than the rest of this analysis")
+            self.frame_end = None
 
     def opname(self) -> str:
         op = _OPCODES.get(self.buf[self.op_offset])
@@ -423,7 +442,7 @@ class PickleMachine:
     def int_line(self) -> int | None:
         raw = self.line()
         try:
-            return int(raw, 0)
+            return int(raw)     # load_get/load_put: base 10 ("010" is 10), unlike INT/LONG
         except ValueError:
             self.malformed(f"{self.opname()} argument {raw[:40]!r} is not an integer")
             return None
@@ -462,6 +481,11 @@ def opcode(*names: str) -> Callable[[Handler], Handler]:
 @opcode("STOP")
 def _stop(m: PickleMachine) -> bool:
     m.result = m.pop()
+    if m.frame_end is not None and m.pos < min(m.frame_end, m.end):
+        # pickle.py and _pickle without peek() read the whole frame: a further load() from the
+        # same file starts after the frame, not after this STOP.
+        m.malformed("STOP leaves bytes of its FRAME unread; a further load() would start after "
+                    "the frame, not after the STOP")
     return True
 
 
@@ -479,8 +503,13 @@ def _proto(m: PickleMachine) -> bool:
 def _frame(m: PickleMachine) -> bool:
     # Framing only groups opcodes for buffered reads; the opcodes inside are parsed as usual.
     size = m.unpack("<Q")
+    if m.frame_end is not None and m.pos < m.frame_end:
+        # pickle.py rejects this; _pickle without peek() may read the new frame from after
+        # the old one, skipping the old frame's remaining bytes.
+        m.malformed("FRAME starts before the previous frame ends")
     if size > m.end - m.pos:
         m.malformed(f"FRAME announces {size} bytes but only {m.end - m.pos} remain")
+    m.frame_end = m.pos + size
     return False
 
 
