@@ -98,8 +98,7 @@ def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if (args.staged or args.diff) and args.paths:
         raise UsageError("give either paths or --staged/--diff, not both")
     if args.staged or args.diff:
-        root = gitio.toplevel()
-        sources, policy = _git_sources(args, root, err)
+        sources, policy = _git_sources(args, gitio.toplevel(), err)
     else:
         root = find_root(Path.cwd())
         policy = resolve_policy(args.policy, root, err)

@@ -15,7 +15,7 @@ import codecs
 import pickletools
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Union
+from typing import Callable, Protocol, Union, overload
 
 from picklegate.findings import Finding, FindingKind, GlobalRef
 from picklegate.limits import DEFAULT_LIMITS, Limits
@@ -37,6 +37,9 @@ class Buffer(Protocol):
     """bytes and mmap both qualify: random access, ``find`` and slicing."""
 
     def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
     def __getitem__(self, index: slice) -> bytes: ...
     def find(self, sub: bytes, start: int = ..., end: int = ...) -> int: ...
 
@@ -115,12 +118,13 @@ class Mapping:
 
     def get(self, key: str) -> Value:
         for k, v in reversed(self.items):
-            if k == key and type(k) is str:
-                return v
+            if type(k) is str and k == key:
+                found: Value = v
+                return found
         return MISSING
 
 
-Value = Union[None, bool, int, float, str, bytes, tuple, "Opaque", "LongText", "LongBytes",
+Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
               "Ref", "Instance", "Seq", "Mapping"]
 MISSING = Opaque("missing")
 UNDERFLOW = Opaque("stack underflow")
@@ -663,7 +667,7 @@ def _string(m: PickleMachine) -> bool:
         m.push(Opaque("bad string"))
         return False
     try:
-        data = codecs.escape_decode(raw[1:-1])[0]   # type: ignore[attr-defined]
+        data: bytes = codecs.escape_decode(raw[1:-1])[0]
     except ValueError:
         m.malformed("STRING argument has an invalid escape")
         m.push(Opaque("bad string"))

@@ -112,7 +112,8 @@ class TorchLayout:
 
 def first_value_is_magic(buf: Buffer, start: int, end: int) -> bool:
     """Does the first pickle in ``buf`` evaluate to torch's legacy magic number?"""
-    m = PickleMachine(buf, start, end, Collector())
+    # The magic-number pickle is ~20 bytes; never run a whole large stream just to ask.
+    m = PickleMachine(buf, start, min(end, start + 64), Collector())
     return m.run() is not None and m.result == MAGIC_NUMBER
 
 
@@ -183,7 +184,8 @@ def _skip_raw_storage(buf: Buffer, pos: int, end: int, size: int, key: str) -> i
 
 
 def read_tar_storages(buf: Buffer, start: int, end: int, ctx: Context, out: Collector) -> None:
-    """``storages``: a count, then per storage a pickle (key, location, type) and raw data."""
+    """``storages``: a count, then per storage a pickle (key, location, type) and raw data,
+    then a pickle of the storage views."""
     count, pos = _count(buf, start, end, ctx, out)
     for _ in range(count):
         machine = PickleMachine(buf, pos, end, out, ctx.limits)
@@ -196,6 +198,12 @@ def read_tar_storages(buf: Buffer, start: int, end: int, ctx: Context, out: Coll
             raise Fatal(FindingKind.UNRESOLVED, pos, "tar torch file: a storage's type cannot "
                                                      "be read, so its bytes cannot be skipped")
         pos = _skip_raw_storage(buf, after, end, size, str(args[0]))
+    if pos < end:
+        # legacy_load then reads one more pickle: the list of storage views.
+        after = PickleMachine(buf, pos, end, out, ctx.limits).run()
+        if after is None:
+            return
+        pos = after
     _trailing(buf, pos, end, ctx, out)
 
 
