@@ -88,7 +88,11 @@ class TorchLayout:
                 self.storages.add(f"{match.group('folder')}/{found[0]}")
 
     def is_storage(self, name: str) -> bool:
-        if name in self.storages:
+        from picklegate.formats.pickle import PICKLE_NAMES  # late: pickle imports this module
+
+        # torch's storage keys are numbers; a key naming a pickle ('a.pkl' naming 'a/b.pkl')
+        # would exempt a member that some loader does unpickle, so such members are analysed.
+        if name in self.storages and not name.lower().endswith(PICKLE_NAMES):
             self.skipped += 1
             return True
         return False
