@@ -244,12 +244,29 @@ def test_streamed_zip_with_data_descriptors():
     assert summary(scan(bytes(sink.data), path="a.zip")) == {(NA, SYSTEM, "a.pkl")}
 
 
-def test_zip_with_prepended_bytes_is_not_clean():
-    """zipfile opens self-extracting layouts; picklegate must not pass them."""
+def test_zip_with_prepended_bytes_is_read_as_a_zip():
+    """zipfile opens self-extracting layouts, so their members are scanned."""
     data = b"#!/bin/sh\nexit 0\n" + make_zip([("a.pkl", EVIL)])
     result = scan(data, path="a.zip")
     assert result.status is Status.VIOLATION
-    assert result.findings[0].kind is FindingKind.UNKNOWN_FORMAT
+    assert (NA, SYSTEM, "(appended zip)/a.pkl") in summary(result)
+    assert {"unknown-format", "archive-anomaly"} <= {f.kind.value for f in result.findings}
+
+
+def test_zip_appended_to_a_numeric_npy_is_scanned():
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + \
+        b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }".ljust(117) + b"\n" + \
+        b"\x00" * 8
+    result = scan(npy + make_zip([("evil.pkl", EVIL)]), path="w.npy")
+    assert result.format == "numpy-npy"
+    assert (NA, SYSTEM, "(appended zip)/evil.pkl") in summary(result)
+
+
+def test_numeric_npy_without_appended_zip_is_clean():
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + \
+        b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }".ljust(117) + b"\n" + \
+        b"PK\x05\x06" + b"\x00" * 4          # an EOCD-looking array value, no directory
+    assert scan(npy, path="w.npy").status is Status.CLEAN
 
 
 def test_member_limit_keeps_pickles_first():
@@ -698,3 +715,4 @@ def test_gzip_with_trailing_garbage_is_not_clean():
     result = scan(gzip.compress(EVIL, mtime=0) + b"garbage", path="model.pkl.gz")
     assert result.status is Status.VIOLATION
     assert MALF in {f.kind.value for f in result.findings}
+    assert (NA, SYSTEM, "gzip") in summary(result)        # the first member is still analysed

@@ -77,6 +77,18 @@ def read_zip(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
     return layout.format
 
 
+ZIP_FORMATS = ("torch-zip", "torchscript", "npz", "zip")
+
+
+def has_zip_directory(buf: Buffer, start: int, end: int) -> bool:
+    """Does ``buf`` end with a zip central directory that lists at least one member?
+
+    zipfile finds an archive from its end, whatever precedes it, so a pickle, an npy or
+    unknown bytes with a zip appended still open as a zip."""
+    probe = _ZipReader(buf, start, end, Context(), Analysis())
+    return bool(probe._central_directory()[0])
+
+
 class _ZipReader:
     def __init__(self, buf: Buffer, start: int, end: int, ctx: Context,
                  analysis: Analysis) -> None:

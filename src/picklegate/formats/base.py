@@ -61,7 +61,21 @@ def analyse_buffer(buf: Buffer, ctx: Context | None = None) -> Analysis:
     ctx = ctx or Context()
     analysis = Analysis()
     analysis.format = analyse_member(buf, 0, len(buf), ctx, analysis)
+    _appended_zip(buf, ctx, analysis)
     return analysis
+
+
+def _appended_zip(buf: Buffer, ctx: Context, analysis: Analysis) -> None:
+    """A zip glued to the end of another format (or a self-extracting layout) is invisible
+    to that format's reader but opens with zipfile: read it too."""
+    from picklegate.formats import archive
+
+    if analysis.format in archive.ZIP_FORMATS or not archive.has_zip_directory(buf, 0, len(buf)):
+        return
+    analysis.finding(ctx, FindingKind.ARCHIVE, None,
+                     f"a zip archive is appended to this {analysis.format} file; zip readers "
+                     "open it, so its members were scanned too")
+    archive.read_zip(buf, 0, len(buf), ctx.child("(appended zip)"), analysis)
 
 
 def analyse_member(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:

@@ -2,7 +2,8 @@
 
 Decompression is streamed in bounded chunks against the file's budget, so a bomb ends in a
 'limit-exceeded' finding instead of exhausting memory. The decompressed bytes are analysed as
-a member named after the codec (``model.pkl.gz [gzip]``), and the format reads "inner+codec".
+a member named after the codec (``gzip`` for a top-level file, ``outer/a.pkl.gz!gzip``
+inside an archive), and the format reads "inner+codec".
 """
 from __future__ import annotations
 
@@ -49,31 +50,40 @@ def decompress(buf: Buffer, start: int, end: int, make: Callable[[], Decompresso
     """Decompress ``buf[start:end]``; return (data, offset where compressed data ended).
 
     ``multi``: concatenated streams (gzip members, bz2/xz streams) are decompressed in turn,
-    as the standard library's file readers do.
+    as the standard library's file readers do. A later stream that fails to decompress ends
+    the data there: what came before is still analysed, and the caller reports the rest as
+    trailing bytes.
     """
-    out = bytearray()
-    pos = start
-    while True:
-        dec = make()
-        pending = b""
-        while not dec.eof:
-            room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - len(out)
-            if room <= 0:
-                raise ExpansionLimit()
-            # zlib hands back what it did not consume; bz2/lzma/lz4 buffer it themselves and
-            # say whether they need more input.
-            if not pending and getattr(dec, "needs_input", True):
-                if pos >= end:
-                    raise EOFError("compressed data ends before the end of the stream")
-                pending = bytes(buf[pos:min(pos + CHUNK, end)])
-                pos += len(pending)
-            out += dec.decompress(pending, min(room, CHUNK))
-            pending = getattr(dec, "unconsumed_tail", b"")
-        pos -= len(dec.unused_data or b"")
-        if not multi or not _more_streams(buf, pos, end):
+    out, pos = _one_stream(buf, start, end, make, ctx, 0)
+    while multi and _more_streams(buf, pos, end):
+        try:
+            more, pos = _one_stream(buf, pos, end, make, ctx, len(out))
+        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError):
             break
+        out += more
     ctx.budget.expanded += len(out)
     return bytes(out), pos
+
+
+def _one_stream(buf: Buffer, pos: int, end: int, make: Callable[[], Decompressor],
+                ctx: Context, already: int) -> tuple[bytearray, int]:
+    out = bytearray()
+    dec = make()
+    pending = b""
+    while not dec.eof:
+        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - already - len(out)
+        if room <= 0:
+            raise ExpansionLimit()
+        # zlib hands back what it did not consume; bz2/lzma/lz4 buffer it themselves and say
+        # whether they need more input.
+        if not pending and getattr(dec, "needs_input", True):
+            if pos >= end:
+                raise EOFError("compressed data ends before the end of the stream")
+            pending = bytes(buf[pos:min(pos + CHUNK, end)])
+            pos += len(pending)
+        out += dec.decompress(pending, min(room, CHUNK))
+        pending = getattr(dec, "unconsumed_tail", b"")
+    return out, pos - len(dec.unused_data or b"")
 
 
 def _more_streams(buf: Buffer, pos: int, end: int) -> bool:
@@ -111,7 +121,7 @@ read_zlib = _read("zlib", _zlib, multi=False)
 
 def read_lz4(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
     try:
-        import lz4.frame
+        import lz4.frame  # type: ignore[import-untyped]
     except ImportError:
         analysis.finding(ctx, FindingKind.UNSUPPORTED, start,
                          "lz4-compressed data, and the lz4 package is not installed, so it "

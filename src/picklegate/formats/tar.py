@@ -10,7 +10,8 @@ from picklegate.formats.base import Analysis, Context, analyse_member
 from picklegate.formats.torch import read_tar_storages, read_tar_tensors
 from picklegate.machine import Buffer, Fatal
 
-TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
+# torch.serialization.legacy_load reads these three; sys_info is written but never read.
+TORCH_TAR_MEMBERS = {"pickle", "storages", "tensors"}
 
 
 class _BufferFile(io.RawIOBase):

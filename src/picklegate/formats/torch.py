@@ -175,7 +175,7 @@ def _skip_storages(buf: Buffer, pos: int, end: int, keys: Value, out: Collector)
 def _skip_raw_storage(buf: Buffer, pos: int, end: int, size: int, key: str) -> int:
     if pos + 8 > end:
         raise Fatal(FindingKind.MALFORMED, pos, f"truncated: storage {key!r} has no size")
-    count = struct.unpack("<q", bytes(buf[pos:pos + 8]))[0]
+    count: int = struct.unpack("<q", bytes(buf[pos:pos + 8]))[0]
     stop = pos + 8 + count * size
     if count < 0 or stop > end:
         raise Fatal(FindingKind.MALFORMED, pos,
@@ -197,7 +197,9 @@ def read_tar_storages(buf: Buffer, start: int, end: int, ctx: Context, out: Coll
         if after is None:
             return
         args = machine.result
-        size = element_size(args[2]) if isinstance(args, tuple) and len(args) == 3 else None
+        if not (isinstance(args, tuple) and len(args) == 3):
+            args = (None, None, None)
+        size = element_size(args[2])
         if size is None:
             raise Fatal(FindingKind.UNRESOLVED, pos, "tar torch file: a storage's type cannot "
                                                      "be read, so its bytes cannot be skipped")
