@@ -116,13 +116,6 @@ class Mapping:
         else:
             self.dropped += 1
 
-    def get(self, key: str) -> Value:
-        for k, v in reversed(self.items):
-            if type(k) is str and k == key:
-                found: Value = v
-                return found
-        return MISSING
-
 
 Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
               "Ref", "Instance", "Seq", "Mapping"]

@@ -59,7 +59,7 @@ class Span:
 def read_zip(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
     reader = _ZipReader(buf, start, end, ctx, analysis)
     spans = reader.members()
-    layout = TorchLayout.from_names([s.header.name for s in spans])
+    layout = TorchLayout([s.header.name for s in spans])
     # Pickles first: their persistent ids say which data/ records are raw tensor storage.
     for span in sorted(spans, key=lambda s: (not layout.is_pickle_member(s.header.name),
                                              s.data_start)):

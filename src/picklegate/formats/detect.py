@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import struct
 
-from picklegate.formats.base import Analysis, Context, Reader
+from picklegate.formats.base import Context, Reader
 from picklegate.machine import Buffer, _OPCODES
 
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
@@ -99,10 +99,3 @@ def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
     if start == end:
         return pickle.read_pickle     # reports "empty"
     return inert.read_unknown
-
-
-def describe_head(buf: Buffer, start: int, end: int) -> str:
-    return head(buf, start, end, 16).hex(" ")
-
-
-__all__ = ["reader_for", "Analysis"]

@@ -60,10 +60,6 @@ class TorchLayout:
     storages: set[str] = field(default_factory=set)
     skipped: int = 0
 
-    @classmethod
-    def from_names(cls, names: list[str]) -> TorchLayout:
-        return cls(names)
-
     @property
     def format(self) -> str:
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in self.names):
