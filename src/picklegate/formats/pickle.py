@@ -57,10 +57,9 @@ def _plain_pass(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analy
     hide imports there: report every import or unresolved import that reading finds inside the
     skipped raw regions."""
     plain = analyse_pickles(buf, start, end, limits=ctx.limits, collector=ctx.collector())
-    bases = ctx.base
 
     def in_raw(offset: int | None) -> bool:
-        return offset is not None and any(a <= offset + bases < b for a, b in skipped)
+        return offset is not None and any(a <= offset + ctx.base < b for a, b in skipped)
 
     extra = [r for r in plain.imports if in_raw(r.offset)]
     analysis.out.imports.extend(extra)
