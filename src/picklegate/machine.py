@@ -155,6 +155,13 @@ class Collector:
     persistent_ids: list[tuple[int, Value]] = field(default_factory=list)
     streams: int = 0
     completed: int = 0          # streams that reached their STOP
+    # Absolute offset of the first opcode at which CPython's unpickler raises (underflow, bad
+    # argument, truncation...): a loader reading these bytes runs nothing after it.
+    first_error: int | None = None
+
+    def error_at(self, offset: int) -> None:
+        if self.first_error is None or offset < self.first_error:
+            self.first_error = offset
 
     def finding(self, kind: FindingKind, offset: int | None, message: str,
                 module: str | None = None, name: str | None = None) -> None:
@@ -174,6 +181,8 @@ class Collector:
         self.persistent_ids.extend(other.persistent_ids)
         self.streams += other.streams
         self.completed += other.completed
+        if other.first_error is not None:
+            self.error_at(other.first_error)
 
 
 class Fatal(Exception):
@@ -246,6 +255,7 @@ class PickleMachine:
                     return self.pos
         except Fatal as fatal:
             self.out.finding(fatal.kind, fatal.offset, fatal.message)
+            self.out.error_at(fatal.offset)
             return None
 
     # -- reading arguments ----------------------------------------------------------------
@@ -296,7 +306,8 @@ class PickleMachine:
         self.frame_check(self.pos, self.end)
         rest = bytes(self.buf[self.pos:self.end])
         self.pos = self.end
-        self.malformed(f"truncated: {self.opname()} name line has no terminating newline")
+        self.malformed(f"truncated: {self.opname()} name line has no terminating newline",
+                       tolerated=True)
         return rest[:-1]
 
     def frame_check(self, start: int, stop: int) -> None:
@@ -309,7 +320,7 @@ class PickleMachine:
         if self.frame_end is not None and start < self.frame_end < stop:
             self.malformed(f"{self.opname()} argument runs past the end of its FRAME; "
                            "_pickle would read it from after the frame and execute different "
-                           "bytes than the rest of this analysis")
+                           "bytes than the rest of this analysis", tolerated=True)
             self.frame_end = None
 
     def opname(self) -> str:
@@ -357,8 +368,12 @@ class PickleMachine:
             self.malformed(f"stack underflow in {self.opname()}")
         self.underflows += 1
 
-    def malformed(self, message: str) -> None:
+    def malformed(self, message: str, tolerated: bool = False) -> None:
+        """``tolerated``: CPython's unpickler carries on here (a FRAME divergence between
+        pickle.py and _pickle, or a name line cut at the end of the data)."""
         self.out.finding(FindingKind.MALFORMED, self.op_offset, message)
+        if not tolerated:
+            self.out.error_at(self.op_offset)
 
     # -- imports --------------------------------------------------------------------------
 
@@ -482,7 +497,7 @@ def _stop(m: PickleMachine) -> bool:
         # pickle.py and _pickle without peek() read the whole frame: a further load() from the
         # same file starts after the frame, not after this STOP.
         m.malformed("STOP leaves bytes of its FRAME unread; a further load() would start after "
-                    "the frame, not after the STOP")
+                    "the frame, not after the STOP", tolerated=True)
     return True
 
 
@@ -503,9 +518,10 @@ def _frame(m: PickleMachine) -> bool:
     if m.frame_end is not None and m.pos < m.frame_end:
         # pickle.py rejects this; _pickle without peek() may read the new frame from after
         # the old one, skipping the old frame's remaining bytes.
-        m.malformed("FRAME starts before the previous frame ends")
+        m.malformed("FRAME starts before the previous frame ends", tolerated=True)
     if size > m.end - m.pos:
-        m.malformed(f"FRAME announces {size} bytes but only {m.end - m.pos} remain")
+        m.malformed(f"FRAME announces {size} bytes but only {m.end - m.pos} remain",
+                    tolerated=True)
     m.frame_end = m.pos + size
     return False
 
@@ -949,7 +965,11 @@ def _stack_global(m: PickleMachine) -> bool:
     name_value = m.pop()
     module_value = m.pop()
     module, name = m.text_of(module_value), m.text_of(name_value)
-    if module is None or name is None:
+    if module_value is UNDERFLOW or name_value is UNDERFLOW:
+        # load_stack_global's pop raises on an empty stack: nothing is imported (the underflow
+        # is already reported as malformed).
+        m.push(Opaque("unresolved global"))
+    elif module is None or name is None:
         m.out.finding(
             FindingKind.UNRESOLVED, m.op_offset,
             f"STACK_GLOBAL imports from operands that are not provably strings "

@@ -17,3 +17,14 @@ def map_python2_name(module: str, name: str, proto: int) -> tuple[str, str]:
     if mapped is not None:
         return mapped
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def looks_importable(module: str, name: str) -> bool:
+    """Could ``find_class(module, name)`` import something in an ordinary environment?
+
+    Bytes that are not a pickle, read as opcodes, still make GLOBAL read two "lines": names
+    with NUL bytes, spaces or punctuation that no module on sys.path carries. Only readings that
+    are not the file's primary format use this to tell such noise from a real import; the
+    primary reading reports every name, importable-looking or not.
+    """
+    return all(part.isidentifier() for text in (module, name) for part in text.split("."))

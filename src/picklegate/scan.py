@@ -10,7 +10,8 @@ from picklegate.decision import judge
 from picklegate.errors import SourceError
 from picklegate.findings import FileResult, ScanResult, Status
 from picklegate.findings import FindingKind
-from picklegate.formats import Analysis, Context, analyse_buffer
+from picklegate.formats import Analysis
+from picklegate.formats.interpretations import analyse_buffer
 from picklegate.limits import DEFAULT_LIMITS, Limits
 from picklegate.machine import Buffer
 from picklegate.policy import Policy, utc_today
@@ -52,7 +53,7 @@ def _analyse_without_gc(buf: Buffer, options: ScanOptions) -> Analysis:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return analyse_buffer(buf, Context(limits=options.limits))
+        return analyse_buffer(buf, options.limits)
     finally:
         if enabled:
             gc.enable()

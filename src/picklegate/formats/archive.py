@@ -80,13 +80,18 @@ def read_zip(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
 ZIP_FORMATS = ("torch-zip", "torchscript", "npz", "zip")
 
 
-def has_zip_directory(buf: Buffer, start: int, end: int) -> bool:
-    """Does ``buf`` end with a zip central directory that lists at least one member?
-
-    zipfile finds an archive from its end, whatever precedes it, so a pickle, an npy or
-    unknown bytes with a zip appended still open as a zip."""
+def zip_from_end(buf: Buffer, start: int, end: int) -> tuple[int, int] | None:
+    """Where the zip that zipfile finds from the end of ``buf`` starts and ends, if it lists a
+    member: zipfile opens an archive by its end record whatever precedes it
+    (zipfile._EndRecData, and ``concat`` in _RealGetContents), so a pickle, an npy or unknown
+    bytes with a zip appended still open as a zip."""
     probe = _ZipReader(buf, start, end, Context(), Analysis())
-    return bool(probe._central_directory()[0])
+    headers, cd_start = probe._central_directory()
+    if not headers:
+        return None
+    eocd = buf.find(EOCD_SIG, cd_start, end)
+    first = min(h.header_offset for h in headers)
+    return max(start, min(first, cd_start)), (eocd + EOCD.size if eocd >= 0 else end)
 
 
 class _ZipReader:

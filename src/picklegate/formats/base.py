@@ -1,4 +1,5 @@
-"""The shared state of one file's analysis and the dispatch from detected kind to reader."""
+"""The shared state of one file's analysis: where a reader is (Context), what it found (Analysis),
+and the way back to the dispatcher for what a container holds (analyse_member)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,13 +28,22 @@ class Context:
     depth: int = 0
     budget: Budget = field(default_factory=Budget)
     top_level: bool = True             # a file the user named, not something found inside one
+    # The dispatcher (formats/interpretations.py): readers reach it through the context, so no
+    # reader imports the table that imports every reader.
+    dispatch: Reader = field(default=lambda *_: _no_dispatcher())
 
     def child(self, name: str, base: int = 0, sep: str = "/") -> Context:
         member = name if self.member is None else f"{self.member}{sep}{name}"
-        return Context(self.limits, member, base, self.depth + 1, self.budget, top_level=False)
+        return Context(self.limits, member, base, self.depth + 1, self.budget, top_level=False,
+                       dispatch=self.dispatch)
 
     def collector(self) -> Collector:
         return Collector(member=self.member, base=self.base)
+
+
+def _no_dispatcher() -> str:
+    raise RuntimeError("this Context has no dispatcher: create it with "
+                       "picklegate.formats.interpretations.new_context()")
 
 
 @dataclass
@@ -43,6 +53,9 @@ class Analysis:
     format: str = "unknown"
     out: Collector = field(default_factory=Collector)
     notes: list[str] = field(default_factory=list)
+    # (id of the buffer, start, end, format) of every member the readers analysed, so a zip
+    # that zipfile finds from the end can be matched with the member that already holds it.
+    scanned: list[tuple[int, int, int, str]] = field(default_factory=list)
 
     def finding(self, ctx: Context, kind: FindingKind, offset: int | None, message: str) -> None:
         """A finding at an absolute buffer offset inside the member ``ctx`` describes."""
@@ -52,38 +65,19 @@ class Analysis:
         self.out.extend(part)
 
 
-# A reader gets the whole buffer and the member's [start, end) range inside it.
-Reader = Callable[[Buffer, int, int, Context, Analysis], str]
+# A reader gets the whole buffer and the member's [start, end) range inside it, and returns the
+# format it found. It raises NotThisFormat when the content, read further, is not its format.
+Reader = Callable[[Buffer, int, int, "Context", Analysis], str]
 
 
-def analyse_buffer(buf: Buffer, ctx: Context | None = None) -> Analysis:
-    """Analyse a whole top-level file."""
-    ctx = ctx or Context()
-    analysis = Analysis()
-    analysis.format = analyse_member(buf, 0, len(buf), ctx, analysis)
-    _appended_zip(buf, ctx, analysis)
-    return analysis
+class NotThisFormat(Exception):
+    """A reader's closer look says the bytes are not its format: try the next interpretation.
 
-
-def _appended_zip(buf: Buffer, ctx: Context, analysis: Analysis) -> None:
-    """A zip glued to the end of another format (or a self-extracting layout) is invisible
-    to that format's reader but opens with zipfile: read it too."""
-    from picklegate.formats import archive
-
-    if analysis.format in archive.ZIP_FORMATS or not archive.has_zip_directory(buf, 0, len(buf)):
-        return
-    analysis.finding(ctx, FindingKind.ARCHIVE, None,
-                     f"a zip archive is appended to this {analysis.format} file; zip readers "
-                     "open it, so its members were scanned too")
-    archive.read_zip(buf, 0, len(buf), ctx.child("(appended zip)"), analysis)
+    Only formats without a magic number need it (an lzma 'alone' header is a few plausible
+    bytes); the dispatcher then carries on down the table as if the detector had said no."""
 
 
 def analyse_member(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
-    """Detect what ``buf[start:end]`` is and run its reader; return the format it found."""
-    from picklegate.formats.detect import reader_for  # late: readers import this module
-
-    if ctx.depth > ctx.limits.max_depth:
-        analysis.finding(ctx, FindingKind.LIMIT, start,
-                         f"containers nested deeper than {ctx.limits.max_depth}; not analysed")
-        return "nested"
-    return reader_for(buf, start, end, ctx)(buf, start, end, ctx, analysis)
+    """Analyse ``buf[start:end]`` through the dispatcher the context carries (every container
+    reader recurses through this, so nesting and bounds work the same at every depth)."""
+    return ctx.dispatch(buf, start, end, ctx, analysis)

@@ -1,10 +1,11 @@
-"""Detection by content, never by extension: the first bytes decide which reader runs."""
+"""Detection by content, never by extension: one predicate per format, each asking what the
+loaders that read that format ask of the first bytes. formats/interpretations.py puts them in
+order with their readers."""
 from __future__ import annotations
 
 import json
 import struct
 
-from picklegate.formats.base import Context, Reader
 from picklegate.machine import Buffer, _OPCODES
 
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
@@ -40,7 +41,29 @@ def is_lzma_alone(h: bytes) -> bool:
 
 
 def is_tar(buf: Buffer, start: int, end: int) -> bool:
-    return end - start >= 512 and bytes(buf[start + 257:start + 262]) == b"ustar"
+    """A first header block tarfile accepts: tarfile.TarInfo.frombuf checks nothing but the
+    header checksum (no 'ustar' magic), so pre-POSIX V7 archives open too."""
+    if end - start < 512:
+        return False
+    block = bytes(buf[start:start + 512])
+    if block.count(0) == 512:
+        return False              # an end-of-archive block: tarfile opens no member from it
+    stored = _tar_number(block[148:156])
+    unsigned = 256 + sum(block[:148]) + sum(block[156:])
+    signed = 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:])
+    return stored is not None and stored in (unsigned, signed)
+
+
+def _tar_number(field: bytes) -> int | None:
+    """tarfile.nti: base-256 when the first byte is 0o200 or 0o377, else octal up to a NUL."""
+    if field[0] in (0o200, 0o377):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
+    text = field.split(b"\0", 1)[0]
+    try:
+        return int(text.decode("ascii").strip() or "0", 8)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def is_safetensors(buf: Buffer, start: int, end: int) -> bool:
@@ -68,34 +91,49 @@ def looks_like_pickle(h: bytes) -> bool:
     return h[0] in _OPCODES
 
 
-def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
-    from picklegate.formats import archive, compression, inert, numpy, pickle, tar
+def is_zip(buf: Buffer, start: int, end: int) -> bool:
+    # torch's _is_zipfile checks for a local header at byte 0; numpy.load also opens an empty
+    # archive (its end record at byte 0). A zip appended elsewhere: interpretations.py.
+    return head(buf, start, end, 4).startswith(ZIP_MAGICS)
 
-    h = head(buf, start, end)
-    if h.startswith(ZIP_MAGICS):
-        return archive.read_zip
-    if h.startswith(NPY_MAGIC):
-        return numpy.read_npy
-    if h.startswith(GZIP_MAGIC):
-        return compression.read_gzip
-    if h.startswith(BZ2_MAGIC) and h[3:4].isdigit():
-        return compression.read_bz2
-    if h.startswith(XZ_MAGIC):
-        return compression.read_xz
-    if h.startswith(LZ4_MAGIC):
-        return compression.read_lz4
-    if h.startswith(LFS_PREFIX):
-        return inert.read_lfs_pointer
-    if is_tar(buf, start, end):
-        return tar.read_tar
-    if is_safetensors(buf, start, end):
-        return inert.read_safetensors
-    if is_lzma_alone(h):
-        return compression.read_lzma
-    if is_zlib(h):
-        return compression.read_zlib
-    if looks_like_pickle(h):
-        return pickle.read_pickle
-    if start == end:
-        return pickle.read_pickle     # reports "empty"
-    return inert.read_unknown
+
+def is_npy(buf: Buffer, start: int, end: int) -> bool:
+    return head(buf, start, end, 6) == NPY_MAGIC
+
+
+def is_gzip(buf: Buffer, start: int, end: int) -> bool:
+    return head(buf, start, end, 2) == GZIP_MAGIC
+
+
+def is_bz2(buf: Buffer, start: int, end: int) -> bool:
+    h = head(buf, start, end, 4)
+    return h.startswith(BZ2_MAGIC) and h[3:4].isdigit()
+
+
+def is_xz(buf: Buffer, start: int, end: int) -> bool:
+    return head(buf, start, end, 6) == XZ_MAGIC
+
+
+def is_lz4(buf: Buffer, start: int, end: int) -> bool:
+    return head(buf, start, end, 4) == LZ4_MAGIC
+
+
+def is_lfs_pointer(buf: Buffer, start: int, end: int) -> bool:
+    return head(buf, start, end, len(LFS_PREFIX)) == LFS_PREFIX
+
+
+def is_lzma(buf: Buffer, start: int, end: int) -> bool:
+    return is_lzma_alone(head(buf, start, end, 13))
+
+
+def is_zlib_stream(buf: Buffer, start: int, end: int) -> bool:
+    return is_zlib(head(buf, start, end, 2))
+
+
+def is_pickle(buf: Buffer, start: int, end: int) -> bool:
+    # An empty member is read as a pickle too: the reader reports "empty: no pickle data".
+    return start == end or looks_like_pickle(head(buf, start, end, 2))
+
+
+def anything(buf: Buffer, start: int, end: int) -> bool:
+    return True

@@ -1,13 +1,12 @@
 """Pickle streams (one or several concatenated), including joblib's interleaved arrays."""
 from __future__ import annotations
 
-import re
-
-from picklegate.findings import FindingKind, GlobalRef
+from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context
 from picklegate.formats.joblib import JoblibHook
 from picklegate.formats.torch import first_value_is_magic, read_legacy
 from picklegate.machine import PROTO_BYTE, Buffer, Collector, analyse_pickles
+from picklegate.names import looks_importable
 
 # Member names that say "this is a pickle" even when its first byte could be something else.
 PICKLE_NAMES = (".pkl", ".pickle", ".debug_pkl", ".joblib", ".pt", ".pth", ".bin", ".dill")
@@ -38,16 +37,9 @@ def _is_stray_data(buf: Buffer, start: int, end: int, ctx: Context, part: Collec
         return False
     if (ctx.member or "").lower().endswith(PICKLE_NAMES):
         return False
-    return (part.completed == 0 and not any(_plausible(r) for r in part.imports)
+    return (part.completed == 0
+            and not any(looks_importable(r.module, r.name) for r in part.imports)
             and all(f.kind is FindingKind.MALFORMED for f in part.findings))
-
-
-_IDENTIFIERS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-def _plausible(ref: GlobalRef) -> bool:
-    """Could find_class import this? Text read as opcodes yields names with spaces or none."""
-    return bool(_IDENTIFIERS.match(ref.module) and _IDENTIFIERS.match(ref.name))
 
 
 def _plain_pass(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis,
