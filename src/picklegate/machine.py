@@ -401,9 +401,11 @@ class PickleMachine:
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
+            # CPython's load_global raises here too, so a loader stops at this opcode.
             self.out.finding(FindingKind.UNRESOLVED, self.op_offset,
                              f"{self.opname()} names {raw!r}, which is not valid {encoding}; "
                              "the import cannot be resolved")
+            self.out.error_at(self.op_offset)
             return None
 
     # -- payloads -------------------------------------------------------------------------
@@ -988,6 +990,10 @@ def _ext(m: PickleMachine) -> bool:
     m.out.finding(FindingKind.UNRESOLVED, m.op_offset,
                   f"{opname} {code}: imports whatever the loading process registered in the "
                   "copyreg extension registry, which cannot be known statically")
+    # In an ordinary process that registry is empty (copyreg._extension_registry), so
+    # pickle.py's get_extension raises: readings of bytes that are not primarily a pickle stop
+    # here (a safetensors length whose low byte is 0x83 must not become a polyglot).
+    m.out.error_at(m.op_offset)
     m.push(Opaque(f"extension {code}"))
     return False
 

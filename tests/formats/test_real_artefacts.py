@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import tarfile
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -60,6 +61,12 @@ def _expected_member(entry: dict, data: bytes, member: str | None) -> bool:
         return member is None
     if fmt == "npz":
         return member in _names(data) and member.endswith(".npy")
+    if fmt == "tar":                                  # a model folder: model.pt inside
+        with tarfile.open(fileobj=BytesIO(data)) as archive:
+            checkpoint = archive.extractfile("model.pt")
+            assert checkpoint is not None
+            inner = _names(checkpoint.read())
+        return member == f"model.pt/{_prefix(inner)}/data.pkl"
     prefix = _prefix(_names(data))
     if fmt == "torch-zip":
         return member == f"{prefix}/data.pkl"

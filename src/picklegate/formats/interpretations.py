@@ -126,8 +126,9 @@ def _pickle_from_byte_zero(buf: Buffer, start: int, end: int, ctx: Context, anal
         cut = _cut(part) - ctx.base       # reported offsets are member-relative
         reached.update((r, None) for r in part.imports
                        if r.offset <= cut and looks_importable(r.module, r.name))
+        # An unresolved import AT the cut is the opcode the unpickler raised on.
         unresolved.update((f, None) for f in part.findings if f.kind is FindingKind.UNRESOLVED
-                          and f.offset is not None and f.offset <= cut)
+                          and f.offset is not None and f.offset < cut)
     if not reached and not unresolved:
         return
     analysis.out.imports.extend(reached)

@@ -6,7 +6,7 @@ import io
 import tarfile
 
 from picklegate.findings import FindingKind
-from picklegate.formats.base import Analysis, Context, analyse_member
+from picklegate.formats.base import Analysis, Context, NotThisFormat, analyse_member
 from picklegate.formats.torch import read_tar_storages, read_tar_tensors
 from picklegate.machine import Buffer, Fatal
 
@@ -43,11 +43,20 @@ class _BufferFile(io.RawIOBase):
 
 def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
     try:
-        with tarfile.open(fileobj=_BufferFile(buf, start, end), mode="r:") as archive:
+        archive = tarfile.open(fileobj=_BufferFile(buf, start, end), mode="r:")
+    except (tarfile.TarError, EOFError, OSError, RecursionError):
+        # The first header passed the checksum but tarfile refuses it: no loader opens these
+        # bytes as a tar, so they are read as the next interpretation (a pickle, say).
+        raise NotThisFormat() from None
+    try:
+        with archive:
             members = archive.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        analysis.finding(ctx, FindingKind.MALFORMED, start, f"tar archive cannot be read: {exc}")
-        return "tar"
+    except (tarfile.TarError, EOFError, OSError, RecursionError) as exc:
+        # tarfile raises too (RecursionError on deeply chained extended headers), so loaders
+        # fail; the members read before are still analysed.
+        analysis.finding(ctx, FindingKind.MALFORMED, start,
+                         f"tar archive cannot be read to its end: {type(exc).__name__}: {exc}")
+        members = archive.members
     names = [m.name for m in members]
     is_torch = TORCH_TAR_MEMBERS <= set(names)
     seen: set[str] = set()
