@@ -18,6 +18,7 @@ class FindingKind(str, Enum):
     LFS_POINTER = "lfs-pointer"          # a Git LFS pointer: the real content is not here
     ARCHIVE = "archive-anomaly"          # an archive trick: mismatched headers, bad CRC, odd names
     UNSUPPORTED = "unsupported"          # a format picklegate knows but cannot open here (missing extra)
+    BUILD_ABUSE = "build-abuse"          # BUILD changes a global itself, or sets a __dunder__ attribute
 
 
 class Status(str, Enum):

@@ -109,12 +109,17 @@ class Seq:
 class Mapping:
     items: list[tuple[Value, Value]] = field(default_factory=list)
     dropped: int = 0
+    # Among the dropped keys, the first that is (or may be) a __dunder__ name, so a BUILD
+    # state can be judged on every key without keeping them all.
+    special: str | None = None
 
     def add(self, key: Value, value: Value) -> None:
         if len(self.items) < KEPT_ITEMS:
             self.items.append((key, value))
-        else:
-            self.dropped += 1
+            return
+        self.dropped += 1
+        if self.special is None:
+            self.special = special_name(key)
 
 
 Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
@@ -1050,11 +1055,54 @@ def _newobj_ex(m: PickleMachine) -> bool:
 def _build(m: PickleMachine) -> bool:
     state = m.pop()
     inst = m.top()
+    if isinstance(inst, Ref):
+        # load_build sets the state on the imported object itself: slot state by setattr on
+        # the class (or function, or module), for everyone in the process that uses it.
+        m.out.finding(FindingKind.BUILD_ABUSE, m.op_offset,
+                      f"BUILD applies state to the global {inst.ref.dotted} itself, not to an "
+                      "instance of it: that changes it for the whole loading process",
+                      module=inst.ref.module, name=inst.ref.name)
+    special = _special_state_key(state)
+    if special is not None:
+        m.out.finding(FindingKind.BUILD_ABUSE, m.op_offset,
+                      f"BUILD state sets {special}; state written by a pickler never sets "
+                      "special attributes (__array_interface__ makes numpy read memory at an "
+                      "address of the file's choosing, __class__ and __dict__ swap the object)")
     if isinstance(inst, Instance):
         inst.state = state
     if m.on_build is not None:
         m.on_build(m, inst, state)
     return False
+
+
+def special_name(key: Value) -> str | None:
+    """Why ``key`` is, or may be, a ``__dunder__`` attribute name; None when it provably is not
+    (a short str that is not one, or a value that is no str at all)."""
+    if isinstance(key, (Ref, Instance, Opaque, LongText)):
+        return f"an attribute whose name cannot be known statically ({describe(key)})"
+    if isinstance(key, str) and len(key) > 4 and key.startswith("__") and key.endswith("__"):
+        shown = key if len(key) <= 60 else key[:57] + "..."
+        return f"the special attribute {shown!r}"
+    return None
+
+
+def _special_state_key(state: Value) -> str | None:
+    """The first key of a BUILD state that is, or may be, a ``__dunder__`` attribute.
+
+    load_build: a 2-tuple is (dict state, slot state); the dict state updates ``__dict__``
+    (numpy finds ``__array_interface__`` there), the slot state goes through setattr
+    (``__class__``, ``__dict__``). A key whose type cannot be proven may be such a str."""
+    parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        if part.special is not None:
+            return part.special
+        for key, _ in part.items:
+            why = special_name(key)
+            if why is not None:
+                return why
+    return None
 
 
 @opcode("PERSID")

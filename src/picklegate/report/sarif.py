@@ -161,6 +161,16 @@ RULES: tuple[Rule, ...] = (
          "How to fix: install the missing extra named in the message (for example "
          "pip install 'picklegate[lz4]') and scan again.",
          "5.0", "high"),
+    Rule(FindingKind.BUILD_ABUSE.value, "BuildAbuse",
+         "BUILD changes a global or sets a special attribute",
+         "A BUILD opcode applies state to a class, function or module itself rather than to an "
+         "instance made from it, which changes that object for the whole loading process; or "
+         "its state sets a __dunder__ attribute (such as __array_interface__, which makes numpy "
+         "read raw memory at an address the file chooses, or __class__ and __dict__).",
+         "Ordinary picklers never write this: pickle only applies state to objects it has just "
+         "created, and attributes named like __this__ belong to Python and its libraries.\n\n"
+         "How to fix: treat the file as malicious; re-create it from trusted code. " + _APPROVE,
+         "9.0", "very-high"),
     Rule(SCAN_ERROR, "ScanError",
          "File could not be read",
          "picklegate could not read the file (missing, unreadable, or not retrievable from "
