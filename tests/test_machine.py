@@ -379,9 +379,27 @@ def _limit_cases() -> list[Case]:
              Limits(max_streams=2)),
         Case("max-streams-exact", g + g, two_imports, set(),
              Limits(max_streams=2)),
-        # The limit stops the analysis: the import after it is not reported, but the file fails.
+        # The opcode bound stops the analysis: the import after it is not reported, but the
+        # file fails.
         Case("limit-before-import", P().proto(2).none().pop().global_("os", "system").stop()
              .bytes(), [], {LIM}, Limits(max_opcodes=3)),
+        # Bounds on the symbolic state never stop naming: the stream is walked for imports.
+        Case("marks-beyond-the-default-bound-still-named",
+             P().proto(2).raw(b"(" * (DEFAULT_LIMITS.max_marks + 1)).global_("os", "system")
+             .stop().bytes(),
+             [("os", "system", DEFAULT_LIMITS.max_marks + 3, "GLOBAL")], {LIM}),
+        Case("stack-bound-then-inst-and-global",
+             P().proto(2).none().none().none().inst("os", "system").global_("nt", "spawnv")
+             .stop().bytes(),
+             [("os", "system", None, "INST"), ("nt", "spawnv", None, "GLOBAL")], {LIM},
+             Limits(max_stack=2)),
+        Case("memo-bound-then-stack-global-unresolved",
+             P().proto(4).none().binput(0).binput(1).short_binunicode("os")
+             .short_binunicode("system").stack_global().stop().bytes(),
+             [], {LIM, UNR}, Limits(max_memo=1)),
+        Case("walk-still-needs-a-stop",
+             P().proto(2).none().none().none().global_("os", "system").bytes(),
+             [("os", "system", None, "GLOBAL")], {LIM, MAL}, Limits(max_stack=2)),
     ]
 
 
@@ -528,3 +546,14 @@ def test_truncated_stream_after_a_complete_one() -> None:
         assert out.completed == 1 and out.streams == 2
         assert {f.kind for f in out.findings} == {MAL}, cut
         assert out.imports[0].dotted == f"{OS_MODULE}.getcwd"
+
+
+def test_walk_counts_blind_imports_in_one_finding():
+    """After a bound, each STACK_GLOBAL costs O(1): one unresolved finding carries the count."""
+    sg = P().short_binunicode("os").short_binunicode("system").stack_global().pop()
+    data = P().proto(4).none().none().raw(sg.bytes() * 1000).stop().bytes()
+    out = analyse(data, Limits(max_stack=1))
+    unresolved = [f for f in out.findings if f.kind is UNR]
+    # the first one, after PROTO, two NONEs and the two strings (4 + 8 bytes)
+    assert [(f.count, f.offset) for f in unresolved] == [(1000, 4 + 4 + 8)]
+    assert out.completed == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import pickletools
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol, Union, overload
 
 from picklegate.findings import Finding, FindingKind, GlobalRef
@@ -200,6 +200,14 @@ class Fatal(Exception):
         self.message = message
 
 
+class Bound(Fatal):
+    """A bound on the symbolic state (stack, marks, memo) was hit. The values are gone, but
+    the opcodes can still be read: the rest of the stream is walked for imports."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(FindingKind.LIMIT, offset, message)
+
+
 # Called after every BUILD with the machine and the built object; container readers (joblib)
 # use it to consume bytes that follow the opcode, exactly as their unpickler subclass does.
 BuildHook = Callable[["PickleMachine", Value, Value], None]
@@ -258,10 +266,83 @@ class PickleMachine:
                 if handler(self):
                     self.out.completed += 1
                     return self.pos
+        except Bound as bound:
+            self.out.finding(bound.kind, bound.offset, bound.message + "; the rest of the stream "
+                             "was read for imports only (STACK_GLOBAL is then unresolved)")
+            self.out.error_at(bound.offset)
+            return self.walk(count)
         except Fatal as fatal:
             self.out.finding(fatal.kind, fatal.offset, fatal.message)
             self.out.error_at(fatal.offset)
             return None
+
+    def walk(self, count: int) -> int | None:
+        """Read on after a Bound, for imports only, at O(1) per opcode beyond its argument.
+
+        The symbolic values are dropped (that is what the bound protects); GLOBAL and INST
+        still name their imports exactly, and every STACK_GLOBAL or EXT is unresolved, since
+        its operands are no longer known. One finding counts them all."""
+        self.stack, self.metastack, self.memo = [], [], {}
+        self.frame_end = None
+        blind: Finding | None = None
+        blind_count = 0
+        try:
+            while True:
+                if self.pos >= self.end:
+                    raise Fatal(FindingKind.MALFORMED, self.pos,
+                                "pickle stream ends without a STOP opcode (truncated file?)")
+                count += 1
+                if count > self.limits.max_opcodes:
+                    raise Fatal(FindingKind.LIMIT, self.pos,
+                                f"more than {self.limits.max_opcodes} opcodes in one stream; "
+                                "the rest was not analysed")
+                self.op_offset = self.pos
+                op = _OPCODES.get(self.buf[self.pos])
+                self.pos += 1
+                if op is None:
+                    raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                                f"invalid pickle opcode 0x{self.buf[self.op_offset]:02x}; the "
+                                "rest of the stream cannot be read")
+                if op.name == "STOP":
+                    self.out.completed += 1
+                    return self.pos
+                if op.name in ("GLOBAL", "INST"):
+                    _line_import(self, op.name)
+                elif op.name == "PROTO":
+                    self.proto = min(self.read(1)[0], HIGHEST_PROTOCOL)
+                else:
+                    self.skip_argument(op)
+                    if op.name == "STACK_GLOBAL" or op.name.startswith("EXT"):
+                        blind = blind or self.out.finding_value(
+                            FindingKind.UNRESOLVED, self.op_offset,
+                            f"{op.name} after a bound was hit: its operands were not tracked, "
+                            "so the import cannot be resolved")
+                        blind_count += 1
+        except Fatal as fatal:
+            self.out.finding(fatal.kind, fatal.offset, fatal.message)
+            return None
+        finally:
+            if blind is not None:
+                self.out.findings.append(replace(blind, count=blind_count))
+
+    def skip_argument(self, op: pickletools.OpcodeInfo) -> None:
+        """Step over an opcode's argument as pickletools describes it, without decoding it."""
+        arg = op.arg
+        if arg is None:
+            return
+        n = arg.n
+        if n >= 0:
+            self.take(n)
+        elif n == pickletools.UP_TO_NEWLINE:
+            self.line()
+        elif n == pickletools.TAKEN_FROM_ARGUMENT1:
+            self.take(self.read(1)[0])
+        elif n == pickletools.TAKEN_FROM_ARGUMENT4:
+            self.take(self.unpack("<i"))
+        elif n == pickletools.TAKEN_FROM_ARGUMENT4U:
+            self.take(self.unpack("<I"))
+        else:
+            self.take(self.unpack("<Q"))
 
     # -- reading arguments ----------------------------------------------------------------
 
@@ -336,8 +417,7 @@ class PickleMachine:
 
     def push(self, value: Value) -> None:
         if len(self.stack) >= self.limits.max_stack:
-            raise Fatal(FindingKind.LIMIT, self.op_offset,
-                        f"stack deeper than {self.limits.max_stack} items")
+            raise Bound(self.op_offset, f"stack deeper than {self.limits.max_stack} items")
         self.stack.append(value)
 
     def pop(self) -> Value:
@@ -448,8 +528,7 @@ class PickleMachine:
 
     def memo_put(self, index: int) -> None:
         if index not in self.memo and len(self.memo) >= self.limits.max_memo:
-            raise Fatal(FindingKind.LIMIT, self.op_offset,
-                        f"memo larger than {self.limits.max_memo} entries")
+            raise Bound(self.op_offset, f"memo larger than {self.limits.max_memo} entries")
         self.memo[index] = self.top()
 
     def memo_get(self, index: int) -> None:
@@ -536,7 +615,7 @@ def _frame(m: PickleMachine) -> bool:
 @opcode("MARK")
 def _mark(m: PickleMachine) -> bool:
     if len(m.metastack) >= m.limits.max_marks:
-        raise Fatal(FindingKind.LIMIT, m.op_offset, f"more than {m.limits.max_marks} nested MARKs")
+        raise Bound(m.op_offset, f"more than {m.limits.max_marks} nested MARKs")
     m.metastack.append(m.stack)
     m.stack = []
     return False
