@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import struct
 
-from picklegate.formats.base import Context, Reader
+from picklegate.formats.base import Analysis, Context, NotThisFormat, Reader
 from picklegate.machine import Buffer, _OPCODES
 
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
@@ -14,6 +14,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 BZ2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = 0x184D2A50
+ZLIB_PREFIX = b"\x78"
+ZFILE_PREFIX = b"ZF"
 PROTO = 0x80
 
 
@@ -22,21 +26,56 @@ def head(buf: Buffer, start: int, end: int, n: int = 64) -> bytes:
 
 
 def is_zlib(h: bytes) -> bool:
-    # RFC 1950: CM=8 (deflate), CINFO<=7, and the header checksum (CMF*256+FLG) % 31 == 0.
-    return len(h) >= 2 and h[0] & 0x0F == 8 and h[0] >> 4 <= 7 and \
-        (h[0] * 256 + h[1]) % 31 == 0 and not h[1] & 0x20
+    # The only loader of bare zlib streams is joblib, which picks its zlib compressor by the
+    # prefix b'\x78' alone (joblib/compressor.py _ZLIB_PREFIX, numpy_pickle_utils
+    # _detect_compressor). Any other RFC 1950 header is read by nothing, and many are the start
+    # of a protocol-0 pickle (b"(S'" is one). The rest of RFC 1950 (header checksum, no preset
+    # dictionary: joblib passes none) keeps text such as b"xyz" out; joblib cannot read it and
+    # nothing else does.
+    return len(h) >= 2 and h[:1] == ZLIB_PREFIX and (h[0] * 256 + h[1]) % 31 == 0 \
+        and not h[1] & 0x20
+
+
+def is_zstd(h: bytes) -> bool:
+    # A zstd frame, or a skippable frame (magic 0x184D2A50..0x184D2A5F, little-endian), which
+    # libzstd's streaming decoder (zstandard.open, so pandas) skips before the next frame.
+    return h.startswith(ZSTD_MAGIC) or (
+        len(h) >= 4 and int.from_bytes(h[:4], "little") & 0xFFFFFFF0 == ZSTD_SKIPPABLE)
+
+
+def is_zfile(h: bytes) -> bool:
+    # joblib < 0.10 compressed files; joblib checks this prefix before any compressor's.
+    return h.startswith(ZFILE_PREFIX)
 
 
 def is_lzma_alone(h: bytes) -> bool:
-    # .lzma ("alone") header: properties byte (lc/lp/pb, < 225), 4-byte dictionary size,
-    # 8-byte uncompressed size. joblib's 'lzma' compressor writes this; 0x5d is the default.
-    if len(h) < 13 or h[0] >= 225:
+    """An .lzma ("alone") header that liblzma's FORMAT_AUTO decoder accepts (lzma.LZMAFile,
+    so pandas' .xz reader and joblib's 'lzma' compressor): alone_decoder.c with picky=true."""
+    if len(h) < 13 or not _lclppb_ok(h[0]):
         return False
-    dict_size = struct.unpack("<I", h[1:5])[0]
-    for base in (dict_size, dict_size // 3 if dict_size % 3 == 0 else 0):
-        if base >= 4096 and base & (base - 1) == 0:
-            return True
-    return False
+    dict_size = int.from_bytes(h[1:5], "little")
+    size = int.from_bytes(h[5:13], "little")
+    return _picky_dict_size(dict_size) and (size == 2**64 - 1 or size < 2**38)
+
+
+def _lclppb_ok(byte: int) -> bool:
+    # liblzma lzma_decoder.c lzma_lzma_lclppb_decode: byte <= (4*5+4)*9+8, then lc + lp <= 4.
+    if byte > (4 * 5 + 4) * 9 + 8:
+        return False
+    pb, rest = divmod(byte, 9 * 5)
+    lp, lc = divmod(rest, 9)
+    return lc + lp <= 4
+
+
+def _picky_dict_size(size: int) -> bool:
+    # alone_decoder.c: "We allow only dictionary sizes that are 2^n or 2^n + 2^(n-1) or
+    # UINT32_MAX", computed in uint32_t arithmetic (so 0 passes: 0 - 1 wraps, ++d wraps back).
+    if size == 0xFFFFFFFF:
+        return True
+    d = (size - 1) & 0xFFFFFFFF
+    for shift in (2, 3, 4, 8, 16):
+        d |= d >> shift
+    return (d + 1) & 0xFFFFFFFF == size
 
 
 def is_tar(buf: Buffer, start: int, end: int) -> bool:
@@ -84,6 +123,10 @@ def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
         return compression.read_xz
     if h.startswith(LZ4_MAGIC):
         return compression.read_lz4
+    if is_zstd(h):
+        return compression.read_zstd
+    if is_zfile(h):
+        return compression.read_zfile
     if h.startswith(LFS_PREFIX):
         return inert.read_lfs_pointer
     if is_tar(buf, start, end):
@@ -91,7 +134,13 @@ def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
     if is_safetensors(buf, start, end):
         return inert.read_safetensors
     if is_lzma_alone(h):
-        return compression.read_lzma
+        return _or_else(compression.read_lzma, _without_magic(buf, start, end, h))
+    return _without_magic(buf, start, end, h)
+
+
+def _without_magic(buf: Buffer, start: int, end: int, h: bytes) -> Reader:
+    from picklegate.formats import compression, inert, pickle
+
     if is_zlib(h):
         return compression.read_zlib
     if looks_like_pickle(h):
@@ -99,3 +148,13 @@ def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
     if start == end:
         return pickle.read_pickle     # reports "empty"
     return inert.read_unknown
+
+
+def _or_else(first: Reader, then: Reader) -> Reader:
+    """``first``, or ``then`` when ``first`` finds the bytes are not its format after all."""
+    def reader(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
+        try:
+            return first(buf, start, end, ctx, analysis)
+        except NotThisFormat:
+            return then(buf, start, end, ctx, analysis)
+    return reader
