@@ -62,7 +62,7 @@ def _lclppb_ok(byte: int) -> bool:
     # liblzma lzma_decoder.c lzma_lzma_lclppb_decode: byte <= (4*5+4)*9+8, then lc + lp <= 4.
     if byte > (4 * 5 + 4) * 9 + 8:
         return False
-    pb, rest = divmod(byte, 9 * 5)
+    rest = byte % (9 * 5)          # what is left after pb
     lp, lc = divmod(rest, 9)
     return lc + lp <= 4
 
@@ -108,7 +108,7 @@ def looks_like_pickle(h: bytes) -> bool:
 
 
 def reader_for(buf: Buffer, start: int, end: int, ctx: Context) -> Reader:
-    from picklegate.formats import archive, compression, inert, numpy, pickle, tar
+    from picklegate.formats import archive, compression, inert, numpy, tar
 
     h = head(buf, start, end)
     if h.startswith(ZIP_MAGICS):
