@@ -10,6 +10,11 @@ from picklegate.limits import DEFAULT_LIMITS, Limits
 from picklegate.machine import Buffer, Collector
 
 
+class NotThisFormat(Exception):
+    """A reader's format has no magic and the bytes, on closer reading, are not that format:
+    the dispatcher tries the next interpretation. Raised before anything is recorded."""
+
+
 @dataclass
 class Budget:
     """Bytes decompressed and members opened so far for one top-level file, at every depth."""

@@ -1,4 +1,5 @@
-"""Compressed streams: gzip, bz2, xz, lzma (alone), zlib (joblib), lz4 frame.
+"""Compressed streams: gzip, bz2, xz, lzma (alone), zlib (joblib), lz4 frame, zstd (pandas),
+and joblib's pre-0.10 ``ZF`` files.
 
 Decompression is streamed in bounded chunks against the file's budget, so a bomb ends in a
 'limit-exceeded' finding instead of exhausting memory. The decompressed bytes are analysed as
@@ -13,16 +14,19 @@ import zlib
 from typing import Any, Callable
 
 from picklegate.findings import FindingKind
-from picklegate.formats.base import Analysis, Context, analyse_member
+from picklegate.formats.base import Analysis, Context, NotThisFormat, analyse_member
 from picklegate.machine import Buffer
 
 CHUNK = 1 << 20
 
 Decompressor = Any   # zlib/bz2/lzma/lz4 decompressor objects share decompress/unused_data/eof
+DECODE_ERRORS: tuple[type[Exception], ...] = (EOFError, OSError, ValueError, zlib.error,
+                                              lzma.LZMAError)
 
 
 def _zlib() -> Decompressor:
-    return zlib.decompressobj()
+    # joblib's BinaryZlibFile: one zlib.decompressobj(15) for the whole file, so one stream.
+    return zlib.decompressobj(wbits=15)
 
 
 def _gzip() -> Decompressor:
@@ -33,12 +37,12 @@ def _bz2() -> Decompressor:
     return bz2.BZ2Decompressor()
 
 
-def _xz() -> Decompressor:
-    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-
-
-def _lzma() -> Decompressor:
-    return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+def _lzma_auto() -> Decompressor:
+    # Every loader of .xz and .lzma files (lzma.LZMAFile in pandas and joblib, lzma.decompress)
+    # uses FORMAT_AUTO, and starts a new FORMAT_AUTO decoder after each stream: an xz stream may
+    # follow an .lzma one and the reverse, and .lzma headers are checked by liblzma's "picky"
+    # rules (detect.is_lzma_alone).
+    return lzma.LZMADecompressor(format=lzma.FORMAT_AUTO)
 
 
 class ExpansionLimit(Exception):
@@ -49,16 +53,16 @@ def decompress(buf: Buffer, start: int, end: int, make: Callable[[], Decompresso
                ctx: Context, multi: bool) -> tuple[bytes, int]:
     """Decompress ``buf[start:end]``; return (data, offset where compressed data ended).
 
-    ``multi``: concatenated streams (gzip members, bz2/xz streams) are decompressed in turn,
-    as the standard library's file readers do. A later stream that fails to decompress ends
-    the data there: what came before is still analysed, and the caller reports the rest as
+    ``multi``: concatenated streams (gzip members, bz2/xz streams, zstd frames) are decompressed
+    in turn, as the loaders' file readers do. A later stream that fails to decompress ends the
+    data there: what came before is still analysed, and the caller reports the rest as
     trailing bytes.
     """
     out, pos = _one_stream(buf, start, end, make, ctx, 0)
     while multi and _more_streams(buf, pos, end):
         try:
             more, pos = _one_stream(buf, pos, end, make, ctx, len(out))
-        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError):
+        except DECODE_ERRORS + _zstd_errors():
             break
         out += more
     ctx.budget.expanded += len(out)
@@ -74,8 +78,8 @@ def _one_stream(buf: Buffer, pos: int, end: int, make: Callable[[], Decompressor
         room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - already - len(out)
         if room <= 0:
             raise ExpansionLimit()
-        # zlib hands back what it did not consume; bz2/lzma/lz4 buffer it themselves and say
-        # whether they need more input.
+        # zlib hands back what it did not consume; bz2/lzma/lz4/zstd buffer it themselves and
+        # say whether they need more input.
         if not pending and getattr(dec, "needs_input", True):
             if pos >= end:
                 raise EOFError("compressed data ends before the end of the stream")
@@ -90,23 +94,39 @@ def _more_streams(buf: Buffer, pos: int, end: int) -> bool:
     return pos < end and any(b != 0 for b in bytes(buf[pos:min(end, pos + 64)]))
 
 
-def _read(codec: str, make: Callable[[], Decompressor], multi: bool) -> Callable[..., str]:
+def _expand(codec: str, make: Callable[[], Decompressor], multi: bool, buf: Buffer, start: int,
+            end: int, ctx: Context, analysis: Analysis) -> bytes | None:
+    """The decompressed member, or None after a finding says why there is none.
+    Raises the codec's errors (for the caller to turn into a finding or NotThisFormat)."""
+    try:
+        data, stop = decompress(buf, start, end, make, ctx, multi)
+    except ExpansionLimit:
+        analysis.finding(ctx, FindingKind.LIMIT, start,
+                         f"{codec} data expands beyond {ctx.limits.max_expanded_bytes} bytes "
+                         "(decompression bomb, or raise the limit); not analysed")
+        return None
+    trailing = bytes(buf[stop:end])
+    if trailing.strip(b"\x00"):
+        analysis.finding(ctx, FindingKind.MALFORMED, stop,
+                         f"{len(trailing)} bytes after the end of the {codec} stream")
+    return data
+
+
+def _read(codec: str, make: Callable[[], Decompressor], multi: bool,
+          magic: bool = True) -> Callable[..., str]:
+    """A reader for one codec. ``magic=False``: the format was recognised without a magic
+    number (.lzma headers), so data that does not decompress is not this format at all."""
     def reader(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
         try:
-            data, stop = decompress(buf, start, end, make, ctx, multi)
-        except ExpansionLimit:
-            analysis.finding(ctx, FindingKind.LIMIT, start,
-                             f"{codec} data expands beyond {ctx.limits.max_expanded_bytes} bytes "
-                             "(decompression bomb, or raise the limit); not analysed")
-            return codec
-        except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as exc:
+            data = _expand(codec, make, multi, buf, start, end, ctx, analysis)
+        except DECODE_ERRORS + _zstd_errors() as exc:
+            if not magic:
+                raise NotThisFormat(f"not {codec} data: {exc}") from exc
             analysis.finding(ctx, FindingKind.MALFORMED, start,
                              f"{codec} data cannot be decompressed: {exc}")
             return codec
-        trailing = bytes(buf[stop:end])
-        if trailing.strip(b"\x00"):
-            analysis.finding(ctx, FindingKind.MALFORMED, stop,
-                             f"{len(trailing)} bytes after the end of the {codec} stream")
+        if data is None:
+            return codec
         inner = analyse_member(data, 0, len(data), ctx.child(codec, sep="!"), analysis)
         return f"{inner}+{codec}"
     return reader
@@ -114,8 +134,8 @@ def _read(codec: str, make: Callable[[], Decompressor], multi: bool) -> Callable
 
 read_gzip = _read("gzip", _gzip, multi=True)
 read_bz2 = _read("bz2", _bz2, multi=True)
-read_xz = _read("xz", _xz, multi=True)
-read_lzma = _read("lzma", _lzma, multi=False)
+read_xz = _read("xz", _lzma_auto, multi=True)
+read_lzma = _read("lzma", _lzma_auto, multi=True, magic=False)
 read_zlib = _read("zlib", _zlib, multi=False)
 
 
@@ -129,3 +149,120 @@ def read_lz4(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
         return "lz4"
     return _read("lz4", lz4.frame.LZ4FrameDecompressor, multi=True)(buf, start, end, ctx,
                                                                     analysis)
+
+
+# --------------------------------------------------------------------------------------------
+# zstd: pandas.read_pickle('x.pkl.zst') reads zstandard.open(f, 'rb'), a stream_reader that
+# decodes frame after frame (a read stops short at a frame boundary and the next read carries
+# on) and skips skippable frames, as libzstd's ZSTD_decompressStream does. So: every frame in
+# turn, like gzip members.
+
+# libzstd rejects a block that regenerates more than ZSTD_BLOCKSIZE_MAX bytes, and every block
+# that regenerates anything takes at least 4 input bytes (3-byte header + 1 RLE byte). Feeding
+# STEP bytes at a time therefore yields at most (STEP // 3 + 1) blocks: ~11 MiB for 256 bytes,
+# the most held beyond what the caller asked for.
+ZSTD_BLOCK_MAX = 128 * 1024
+ZSTD_STEP = 256
+
+
+def _zstd_errors() -> tuple[type[Exception], ...]:
+    try:
+        import zstandard
+    except ImportError:
+        return ()
+    return (zstandard.ZstdError,)
+
+
+class ZstdFrame:
+    """One zstd (or skippable) frame behind the interface of lzma/bz2 decompressors:
+    ``decompress(data, max_length)`` returns at most ``max_length`` bytes, ``needs_input``,
+    ``eof``, ``unused_data``. zstandard's decompressobj returns everything a chunk holds, so it
+    is fed ZSTD_STEP bytes at a time and what exceeds max_length waits in ``_ready``."""
+
+    def __init__(self, zstandard: Any) -> None:
+        # pandas builds zstandard.ZstdDecompressor() with no arguments: same window limit.
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._input = memoryview(b"")
+        self._ready = bytearray()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._dobj.eof) and not self._ready
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._input and not self._ready and not self._dobj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return bytes(self._dobj.unused_data) + bytes(self._input)
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if data:
+            self._input = memoryview(bytes(self._input) + data)
+        while len(self._ready) < max_length and self._input and not self._dobj.eof:
+            piece, self._input = self._input[:ZSTD_STEP], self._input[ZSTD_STEP:]
+            self._ready += self._dobj.decompress(piece)
+        out = bytes(self._ready[:max_length])
+        del self._ready[:max_length]
+        return out
+
+
+def read_zstd(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
+    try:
+        import zstandard
+    except ImportError:
+        analysis.finding(ctx, FindingKind.UNSUPPORTED, start,
+                         "zstd-compressed data, and the zstandard package is not installed, so "
+                         "it cannot be scanned: pip install 'picklegate[zstd]'")
+        return "zstd"
+    return _read("zstd", lambda: ZstdFrame(zstandard), multi=True)(buf, start, end, ctx,
+                                                                   analysis)
+
+
+# --------------------------------------------------------------------------------------------
+# joblib < 0.10 "ZF" files, which joblib 1.x still loads (numpy_pickle_compat.read_zfile):
+# b'ZF', the decompressed length as hex in a _MAX_LEN-wide field, one more space in files from
+# joblib <= 0.8.4 on Python 2, then one zlib stream (wbits 15); then ZipNumpyUnpickler, a plain
+# pickle whose arrays live in companion files.
+
+ZFILE_PREFIX = b"ZF"
+ZFILE_MAX_LEN = len(hex(2**64))     # joblib's _MAX_LEN = len(hex_str(2**64)) = 19
+
+
+def read_zfile(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
+    field_end = start + len(ZFILE_PREFIX) + ZFILE_MAX_LEN
+    length = _zfile_length(bytes(buf[start + len(ZFILE_PREFIX):min(field_end, end)]))
+    if length is None:
+        analysis.finding(ctx, FindingKind.MALFORMED, start,
+                         "joblib ZF header: the length field is not a non-negative hexadecimal "
+                         "number (joblib cannot read it either)")
+        return "zfile"
+    data_at = field_end + 1 if bytes(buf[field_end:field_end + 1]) == b" " else field_end
+    try:
+        data = _expand("zfile", _zlib, False, buf, min(data_at, end), end, ctx, analysis)
+    except DECODE_ERRORS as exc:
+        analysis.finding(ctx, FindingKind.MALFORMED, min(data_at, end),
+                         f"joblib ZF zlib data cannot be decompressed: {exc}")
+        return "zfile"
+    if data is None:
+        return "zfile"
+    if len(data) != length:
+        # joblib asserts the length (skipped under python -O), so the pickle is still analysed.
+        analysis.finding(ctx, FindingKind.MALFORMED, start,
+                         f"joblib ZF header says {length} bytes, the zlib data holds "
+                         f"{len(data)}")
+    inner = analyse_member(data, 0, len(data), ctx.child("zfile", sep="!"), analysis)
+    return f"{inner}+zfile"
+
+
+def _zfile_length(field: bytes) -> int | None:
+    # read_zfile: int(length, 16) over exactly this field (Python's int() strips whitespace and
+    # accepts '0x' and underscores); zlib.decompress rejects a negative bufsize.
+    if len(field) < ZFILE_MAX_LEN:
+        return None
+    try:
+        length = int(field, 16)
+    except ValueError:
+        return None
+    return length if length >= 0 else None

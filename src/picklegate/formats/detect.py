@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Callable
 
 from picklegate.machine import Buffer, _OPCODES
 
@@ -15,6 +16,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 BZ2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_SKIPPABLE = 0x184D2A50
+ZLIB_PREFIX = b"\x78"
+ZFILE_PREFIX = b"ZF"
 PROTO = 0x80
 
 
@@ -23,21 +28,56 @@ def head(buf: Buffer, start: int, end: int, n: int = 64) -> bytes:
 
 
 def is_zlib(h: bytes) -> bool:
-    # RFC 1950: CM=8 (deflate), CINFO<=7, and the header checksum (CMF*256+FLG) % 31 == 0.
-    return len(h) >= 2 and h[0] & 0x0F == 8 and h[0] >> 4 <= 7 and \
-        (h[0] * 256 + h[1]) % 31 == 0 and not h[1] & 0x20
+    # The only loader of bare zlib streams is joblib, which picks its zlib compressor by the
+    # prefix b'\x78' alone (joblib/compressor.py _ZLIB_PREFIX, numpy_pickle_utils
+    # _detect_compressor). Any other RFC 1950 header is read by nothing, and many are the start
+    # of a protocol-0 pickle (b"(S'" is one). The rest of RFC 1950 (header checksum, no preset
+    # dictionary: joblib passes none) keeps text such as b"xyz" out; joblib cannot read it and
+    # nothing else does.
+    return len(h) >= 2 and h[:1] == ZLIB_PREFIX and (h[0] * 256 + h[1]) % 31 == 0 \
+        and not h[1] & 0x20
+
+
+def is_zstd(h: bytes) -> bool:
+    # A zstd frame, or a skippable frame (magic 0x184D2A50..0x184D2A5F, little-endian), which
+    # libzstd's streaming decoder (zstandard.open, so pandas) skips before the next frame.
+    return h.startswith(ZSTD_MAGIC) or (
+        len(h) >= 4 and int.from_bytes(h[:4], "little") & 0xFFFFFFF0 == ZSTD_SKIPPABLE)
+
+
+def is_zfile(h: bytes) -> bool:
+    # joblib < 0.10 compressed files; joblib checks this prefix before any compressor's.
+    return h.startswith(ZFILE_PREFIX)
 
 
 def is_lzma_alone(h: bytes) -> bool:
-    # .lzma ("alone") header: properties byte (lc/lp/pb, < 225), 4-byte dictionary size,
-    # 8-byte uncompressed size. joblib's 'lzma' compressor writes this; 0x5d is the default.
-    if len(h) < 13 or h[0] >= 225:
+    """An .lzma ("alone") header that liblzma's FORMAT_AUTO decoder accepts (lzma.LZMAFile,
+    so pandas' .xz reader and joblib's 'lzma' compressor): alone_decoder.c with picky=true."""
+    if len(h) < 13 or not _lclppb_ok(h[0]):
         return False
-    dict_size = struct.unpack("<I", h[1:5])[0]
-    for base in (dict_size, dict_size // 3 if dict_size % 3 == 0 else 0):
-        if base >= 4096 and base & (base - 1) == 0:
-            return True
-    return False
+    dict_size = int.from_bytes(h[1:5], "little")
+    size = int.from_bytes(h[5:13], "little")
+    return _picky_dict_size(dict_size) and (size == 2**64 - 1 or size < 2**38)
+
+
+def _lclppb_ok(byte: int) -> bool:
+    # liblzma lzma_decoder.c lzma_lzma_lclppb_decode: byte <= (4*5+4)*9+8, then lc + lp <= 4.
+    if byte > (4 * 5 + 4) * 9 + 8:
+        return False
+    rest = byte % (9 * 5)          # what is left after pb
+    lp, lc = divmod(rest, 9)
+    return lc + lp <= 4
+
+
+def _picky_dict_size(size: int) -> bool:
+    # alone_decoder.c: "We allow only dictionary sizes that are 2^n or 2^n + 2^(n-1) or
+    # UINT32_MAX", computed in uint32_t arithmetic (so 0 passes: 0 - 1 wraps, ++d wraps back).
+    if size == 0xFFFFFFFF:
+        return True
+    d = (size - 1) & 0xFFFFFFFF
+    for shift in (2, 3, 4, 8, 16):
+        d |= d >> shift
+    return (d + 1) & 0xFFFFFFFF == size
 
 
 def is_tar(buf: Buffer, start: int, end: int) -> bool:
@@ -91,43 +131,21 @@ def looks_like_pickle(h: bytes) -> bool:
     return h[0] in _OPCODES
 
 
-def is_zip(buf: Buffer, start: int, end: int) -> bool:
-    # torch's _is_zipfile checks for a local header at byte 0; numpy.load also opens an empty
-    # archive (its end record at byte 0). A zip appended elsewhere: interpretations.py.
-    return head(buf, start, end, 4).startswith(ZIP_MAGICS)
+Detector = Callable[[Buffer, int, int], bool]
 
 
-def is_npy(buf: Buffer, start: int, end: int) -> bool:
-    return head(buf, start, end, 6) == NPY_MAGIC
+def by_magic(*magics: bytes) -> Detector:
+    """Bytes that start with one of ``magics``."""
+    return lambda buf, start, end: head(buf, start, end).startswith(magics)
 
 
-def is_gzip(buf: Buffer, start: int, end: int) -> bool:
-    return head(buf, start, end, 2) == GZIP_MAGIC
+def by_head(predicate: Callable[[bytes], bool]) -> Detector:
+    """A predicate over the first 64 bytes, as a detector."""
+    return lambda buf, start, end: predicate(head(buf, start, end))
 
 
-def is_bz2(buf: Buffer, start: int, end: int) -> bool:
-    h = head(buf, start, end, 4)
+def is_bz2(h: bytes) -> bool:
     return h.startswith(BZ2_MAGIC) and h[3:4].isdigit()
-
-
-def is_xz(buf: Buffer, start: int, end: int) -> bool:
-    return head(buf, start, end, 6) == XZ_MAGIC
-
-
-def is_lz4(buf: Buffer, start: int, end: int) -> bool:
-    return head(buf, start, end, 4) == LZ4_MAGIC
-
-
-def is_lfs_pointer(buf: Buffer, start: int, end: int) -> bool:
-    return head(buf, start, end, len(LFS_PREFIX)) == LFS_PREFIX
-
-
-def is_lzma(buf: Buffer, start: int, end: int) -> bool:
-    return is_lzma_alone(head(buf, start, end, 13))
-
-
-def is_zlib_stream(buf: Buffer, start: int, end: int) -> bool:
-    return is_zlib(head(buf, start, end, 2))
 
 
 def is_pickle(buf: Buffer, start: int, end: int) -> bool:

@@ -16,18 +16,15 @@ verdict is the union of these readings:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from picklegate.findings import Finding, FindingKind, GlobalRef
 from picklegate.formats import archive, compression, detect, inert, numpy, pickle, tar
 from picklegate.formats.base import Analysis, Context, NotThisFormat, Reader
+from picklegate.formats.detect import Detector, by_head, by_magic
 from picklegate.formats.joblib import JoblibHook
 from picklegate.limits import DEFAULT_LIMITS, Limits
 from picklegate.machine import Buffer, Collector, analyse_pickles
 from picklegate.names import looks_importable
-
-Detector = Callable[[Buffer, int, int], bool]
-
 
 @dataclass(frozen=True)
 class Interpretation:
@@ -41,24 +38,32 @@ class Interpretation:
 # that only a few plausible bytes announce (lzma 'alone', zlib) come after the ones with
 # structure, and pickle, the format every loader falls back to, comes last.
 INTERPRETATIONS: tuple[Interpretation, ...] = (
-    Interpretation("zip", detect.is_zip, archive.read_zip,
+    Interpretation("zip", by_magic(*detect.ZIP_MAGICS), archive.read_zip,
                    "torch.load (torch.save since 1.6, TorchScript), numpy.load (.npz), "
                    "pandas (.zip)"),
-    Interpretation("npy", detect.is_npy, numpy.read_npy, "numpy.load"),
-    Interpretation("gzip", detect.is_gzip, compression.read_gzip,
+    Interpretation("npy", by_magic(detect.NPY_MAGIC), numpy.read_npy, "numpy.load"),
+    Interpretation("gzip", by_magic(detect.GZIP_MAGIC), compression.read_gzip,
                    "joblib.load, pandas (.gz), gzip.open"),
-    Interpretation("bz2", detect.is_bz2, compression.read_bz2, "joblib.load, pandas (.bz2)"),
-    Interpretation("xz", detect.is_xz, compression.read_xz, "joblib.load, pandas (.xz)"),
-    Interpretation("lz4", detect.is_lz4, compression.read_lz4, "joblib.load (lz4 installed)"),
-    Interpretation("lfs-pointer", detect.is_lfs_pointer, inert.read_lfs_pointer,
+    Interpretation("bz2", by_head(detect.is_bz2), compression.read_bz2,
+                   "joblib.load, pandas (.bz2)"),
+    Interpretation("xz", by_magic(detect.XZ_MAGIC), compression.read_xz,
+                   "joblib.load, pandas (.xz)"),
+    Interpretation("lz4", by_magic(detect.LZ4_MAGIC), compression.read_lz4,
+                   "joblib.load (with lz4 installed)"),
+    Interpretation("zstd", by_head(detect.is_zstd), compression.read_zstd,
+                   "pandas.read_pickle (.zst, with zstandard installed)"),
+    Interpretation("zfile", by_head(detect.is_zfile), compression.read_zfile,
+                   "joblib.load (the 'ZF' format of joblib < 0.10)"),
+    Interpretation("lfs-pointer", by_magic(detect.LFS_PREFIX), inert.read_lfs_pointer,
                    "git: the real content lives in LFS storage"),
     Interpretation("tar", detect.is_tar, tar.read_tar,
                    "torch.load (torch < 0.4 tar checkpoints), pandas (.tar)"),
     Interpretation("safetensors", detect.is_safetensors, inert.read_safetensors,
                    "safetensors (never unpickles)"),
-    Interpretation("lzma", detect.is_lzma, compression.read_lzma, "joblib.load, pandas (.xz)"),
-    Interpretation("zlib", detect.is_zlib_stream, compression.read_zlib,
-                   "joblib.load ('zlib' compressor)"),
+    Interpretation("lzma", by_head(detect.is_lzma_alone), compression.read_lzma,
+                   "joblib.load ('lzma' compressor), pandas (.xz reads .lzma too)"),
+    Interpretation("zlib", by_head(detect.is_zlib), compression.read_zlib,
+                   "joblib.load ('zlib' compressor, prefix 0x78)"),
     Interpretation("pickle", detect.is_pickle, pickle.read_pickle,
                    "pickle.load, joblib.load, numpy.load, pandas.read_pickle, torch.load"),
     Interpretation("unknown", detect.anything, inert.read_unknown, "nothing"),
