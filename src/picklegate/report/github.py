@@ -53,11 +53,11 @@ def render(result: ScanResult, color: bool = False) -> str:
     lines: list[str] = []
     for f in sorted(result.files, key=lambda x: x.path):
         if f.status is Status.ERROR:
-            lines.append(command("error", f.path, f"picklegate ({SCAN_ERROR})",
+            lines.append(command("error", text.safe(f.path), f"picklegate ({SCAN_ERROR})",
                                  f"{text.safe(f.path)}: "
                                  f"{text.safe(f.error or 'the file could not be scanned')}"))
         for finding in sorted(f.findings, key=lambda x: x.sort_key):
-            lines.append(command("warning" if finding.warning else "error", f.path,
+            lines.append(command("warning" if finding.warning else "error", text.safe(f.path),
                                  f"picklegate ({finding.kind.value})",
                                  annotation_message(f.path, finding)))
     lines.append(one_line(text.summary(result)))
