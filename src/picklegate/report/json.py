@@ -14,6 +14,7 @@ from typing import Any
 
 from picklegate.findings import FileResult, Finding, GlobalRef, ScanResult, Status
 from picklegate.report.text import safe
+
 MAX_JSON = 8192
 _NEEDS_CARE = re.compile("[\ud800-\udfff]")
 

@@ -33,8 +33,8 @@ from typing import Any
 from urllib.parse import quote
 
 import picklegate
-from picklegate.report import json as json_report
 from picklegate.findings import FileResult, Finding, FindingKind, ScanResult, Status
+from picklegate.report import json as json_report
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
