@@ -429,3 +429,16 @@ def test_use_color_on_a_terminal(monkeypatch: pytest.MonkeyPatch, choice: str,
         monkeypatch.setenv(key, value)
     assert use_color(choice, _Tty()) is expected
     assert use_color(choice, io.StringIO()) is (choice == "always")
+
+
+@pytest.mark.parametrize("body,where,message", [
+    ("exclude: tests/**\n", "2:10", "exclude must be a list"),
+    ("exclude:\n  - 3\n", "3:5", "an exclude pattern must be a string"),
+    ("exclude: ['/']\n", "2:11", "is not a path pattern"),
+], ids=["not-a-list", "not-a-string", "empty"])
+def test_policy_exclude_is_validated_with_position(repo: Path, capsys: pytest.CaptureFixture[str],
+                                                   body: str, where: str, message: str) -> None:
+    write(repo / "p.yaml", "version: 1\n" + body)
+    code, _, err = run(capsys, "scan", "--policy", "p.yaml", ".")
+    assert code == 2
+    assert err.startswith(f"picklegate: error: p.yaml:{where}: ") and message in err

@@ -216,3 +216,135 @@ def test_action_script_passes_clean_change_and_needs_a_target(repo, tmp_path):
     commit(repo, "ok", "m/ok.pkl")
     assert _run_action(repo, tmp_path, PICKLEGATE_DIFF_BASE=base).returncode == 0
     assert _run_action(repo, tmp_path).returncode == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# blobs by object id, directories as git sees them
+
+
+def test_staged_colon_name_is_read_as_itself_not_as_an_index_stage(repo, capsys):
+    """`:0:model.pkl` would be stage 0 of model.pkl: the old `rev:path` spelling read the
+    benign model.pkl in place of the malicious file named 0:model.pkl."""
+    write(repo, "model.pkl", clean())
+    write(repo, "0:model.pkl", EVIL)
+    git(repo, "add", "--", "model.pkl", "0:model.pkl")
+    code, doc = scan_json(capsys, "--staged")
+    assert code == 1
+    by_path = {f["path"]: f for f in doc["files"]}
+    assert by_path["model.pkl"]["status"] == "clean"
+    assert [(x["module"], x["name"]) for x in by_path["0:model.pkl"]["findings"]] == [
+        ("posix", "system")]
+
+
+@pytest.mark.parametrize("name", ["new\nline.pkl", "sp ace.pkl", "a:b.pkl", "-dash.pkl"])
+def test_staged_odd_paths_are_read_as_themselves(repo, capsys, name):
+    write(repo, name, EVIL)
+    git(repo, "add", "--", name)
+    code, doc = scan_json(capsys, "--staged")
+    assert code == 1
+    [f] = doc["files"]
+    assert f["path"] == name and f["findings"][0]["name"] == "system"
+
+
+def test_submodule_named_like_a_model_is_a_note_not_an_error(repo, capsys, tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    git(inner, "init", "-q", "-b", "main")
+    git(inner, "commit", "-q", "--allow-empty", "-m", "x")
+    oid = git(inner, "rev-parse", "HEAD")
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{oid},weights.pt")
+    write(repo, "m.pkl", clean())
+    git(repo, "add", "m.pkl")
+    code = main(["scan", "--staged"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "picklegate: note: weights.pt: a submodule (gitlink)" in captured.err
+    assert "1 file(s) scanned: 1 clean" in captured.out
+
+
+def test_directory_scan_leaves_out_gitignored_virtualenv(repo, capsys):
+    (repo / ".gitignore").write_text(".venv/\nbuild/\n")
+    write(repo, ".venv/lib/site-packages/x/evil.pkl", EVIL)
+    write(repo, "build/evil.pkl", EVIL)
+    write(repo, "tracked.pkl", clean())
+    git(repo, "add", "tracked.pkl")
+    write(repo, "untracked/new.pkl", EVIL)
+    code, doc = scan_json(capsys)
+    assert code == 1
+    assert [f["path"] for f in doc["files"]] == ["./tracked.pkl", "./untracked/new.pkl"]
+
+
+def test_git_listing_warning_is_an_error(repo, capsys, monkeypatch):
+    """git ls-files skips a directory it cannot open with only a warning on stderr."""
+    from picklegate import gitio
+    real = gitio.run_git_warned
+
+    def warned(args, cwd=None, stdin=None):
+        out, _ = real(args, cwd, stdin)
+        return (out, ["warning: could not open directory 'x/': Permission denied"]) \
+            if args[0] == "ls-files" else (out, [])
+    monkeypatch.setattr(gitio, "run_git_warned", warned)
+    write(repo, "m.pkl", clean())
+    code = main(["scan", "."])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "git ls-files: warning: could not open directory 'x/'" in err
+
+
+@pytest.mark.parametrize("how", ["flag", "policy"])
+def test_exclude_uses_the_rules_globs(repo, capsys, how):
+    write(repo, "tests/fixtures/evil.pkl", EVIL)
+    write(repo, "models/evil.pkl", EVIL)
+    argv = ["--exclude", "tests/fixtures/**"] if how == "flag" else []
+    if how == "policy":
+        (repo / ".picklegate.yaml").write_text("version: 1\nexclude: ['tests/fixtures/**']\n")
+    code, doc = scan_json(capsys, *argv, ".")
+    assert code == 1
+    assert [f["path"] for f in doc["files"]] == ["./models/evil.pkl"]
+
+
+def test_one_cat_file_process_for_the_whole_staged_scan(repo, capsys, monkeypatch):
+    for i in range(5):
+        write(repo, f"m{i}.pkl", clean())
+    git(repo, "add", ".")
+    started: list[tuple[str, ...]] = []
+    real = subprocess.Popen
+
+    def popen(args, *a, **k):
+        started.append(tuple(args))
+        return real(args, *a, **k)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    code, doc = scan_json(capsys, "--staged")
+    assert code == 0 and len(doc["files"]) == 5
+    assert [a for a in started if a[:2] == ("git", "cat-file")] == [
+        ("git", "cat-file", "--batch")]
+
+
+_MEASURE = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=False)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _peak_kib(repo: Path, *argv: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    done = subprocess.run((sys.executable, "-c", _MEASURE, sys.executable, "-m", "picklegate",
+                           "scan", *argv), cwd=repo, env=env, capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def test_large_staged_blob_is_streamed_in_bounded_memory(repo):
+    """A 300 MiB staged blob: peak RSS of picklegate and its git children together stays
+    within 100 MiB of an empty scan (the blob is spooled to a temporary file in chunks)."""
+    size = 300 << 20
+    with open(repo / "big.pt", "wb") as handle:        # protocol 4: one BINBYTES8 payload
+        handle.write(b"\x80\x04\x8e" + size.to_bytes(8, "little"))
+        handle.truncate(3 + 8 + size)
+        handle.seek(0, 2)
+        handle.write(b".")
+    baseline = _peak_kib(repo, "--staged")
+    git(repo, "add", "big.pt")
+    peak = _peak_kib(repo, "--staged")
+    assert peak - baseline < 100 * 1024, (baseline, peak)

@@ -6,10 +6,12 @@ This is the only module that prints, reads the environment or exits.
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence, TextIO
+from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
 from picklegate import __version__, gitio
 from picklegate.errors import PicklegateError, UsageError
@@ -17,9 +19,10 @@ from picklegate.findings import ScanResult, Status
 from picklegate.policy import Policy, default_policy, load_policy, utc_today
 from picklegate.report import FORMATS, reporter
 from picklegate.report.github import write_step_summary
+from picklegate.report.text import safe
 from picklegate.review import review
 from picklegate.scan import scan_sources
-from picklegate.sources import Source, file_sources
+from picklegate.sources import Source, file_sources, without_excluded
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 POLICY_NAMES = (".picklegate.yaml", ".picklegate.yml")
@@ -59,6 +62,9 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                        help="scan the model files staged in the git index (what will be committed)")
     where.add_argument("--diff", metavar="BASE[..HEAD]",
                        help="scan the model files a commit range added or changed")
+    scan.add_argument("--exclude", metavar="GLOB", action="append", default=[],
+                      help="leave out paths matching this git-style glob (repeatable; the same "
+                           "rules as the policy's `rules:` paths; added to its `exclude:`)")
     scan.add_argument("--policy", metavar="FILE",
                       help="policy file (default: .picklegate.yaml at the repository root, "
                            "else the built-in default)")
@@ -76,18 +82,50 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    out: TextIO = sys.stdout if sys.stdout is not None else cast(TextIO, _ClosedStream())
     try:
         args = build_parser().parse_args(argv)
         if args.command == "policy":
-            return run_policy_check(args, sys.stdout, sys.stderr)
-        return run_scan(args, sys.stdout, sys.stderr)
+            return run_policy_check(args, out, sys.stderr)
+        return run_scan(args, out, sys.stderr)
     except PicklegateError as exc:
-        print(f"picklegate: error: {exc}", file=sys.stderr)
+        _say(f"picklegate: error: {exc}")
         return EXIT_ERROR
     except SystemExit as exc:          # --help and --version end here
         return exc.code if isinstance(exc.code, int) else EXIT_CLEAN
-    except KeyboardInterrupt:
+    except BrokenPipeError:            # the reader went away (| head) before we were done
+        _silence(out)
+        return EXIT_ERROR
+    except KeyboardInterrupt:          # Ctrl-C, also while git runs: no traceback
+        _silence(out)
         return 130
+
+
+class _ClosedStream(io.TextIOBase):
+    """Stands in for a closed stdout (``>&-``): writing to it fails like writing to a closed
+    descriptor, so the report error is reported instead of crashing on None."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+def _say(line: str) -> None:
+    """One diagnostic line on stderr; a closed or broken stderr must not hide the exit code."""
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _silence(stream: TextIO) -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of whatever is still
+    buffered cannot fail again (the Python docs' recipe for SIGPIPE, library/signal.html)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,31 +135,86 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if (args.staged or args.diff) and args.paths:
         raise UsageError("give either paths or --staged/--diff, not both")
+    if args.output:
+        check_writable(args.output)
     if args.staged or args.diff:
-        sources, policy = _git_sources(args, gitio.toplevel(), err)
+        top = gitio.toplevel()
+        with gitio.BlobStore(top) as store:
+            selection, policy = _git_sources(args, top, store, err)
+            for note in selection.notes:
+                print(f"picklegate: note: {safe(note)}", file=err)
+            result = scan_sources(_excluding(selection.sources, args, policy), policy)
     else:
-        root = find_root(Path.cwd())
+        here = _cwd_or_nothing()        # a deleted current directory: absolute paths still work
+        root = find_root(here[0]) if here else None
         policy = resolve_policy(args.policy, root, err)
-        sources = list(file_sources(args.paths or ["."], root))
-    result = scan_sources(sources, policy)
-    _emit(args, result, out)
+        sources = file_sources(args.paths or ["."], root, gitio.work_tree_files)
+        result = scan_sources(_excluding(sources, args, policy), policy)
+    return _report(args, result, out, err)
+
+
+def _excluding(sources: Iterable[Source], args: argparse.Namespace,
+               policy: Policy) -> list[Source]:
+    return without_excluded(sources, (*policy.exclude, *args.exclude))
+
+
+def _report(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO) -> int:
+    """Print the report; the exit code is the scan's, and a report that cannot be written
+    (full disk, closed stdout) is exit 2, never a pass."""
+    code = exit_code(result)
+    try:
+        _emit(args, result, out)
+        out.flush()
+    except BrokenPipeError:
+        _silence(out)
+        return code
+    except OSError as exc:
+        _silence(out)
+        print(f"picklegate: error: cannot write the report: {exc.strerror or exc}", file=err)
+        return EXIT_ERROR
     for failed in result.files:
         if failed.status is Status.ERROR:
-            print(f"picklegate: error: {failed.path}: {failed.error}", file=err)
-    return exit_code(result)
+            print(f"picklegate: error: {safe(failed.path)}: {safe(failed.error or '')}",
+                  file=err)
+    return code
 
 
-def _git_sources(args: argparse.Namespace, root: Path,
-                 err: TextIO) -> tuple[list[Source], Policy]:
+def check_writable(path: str) -> None:
+    """Fail before the scan when the report could not be written to ``path``: open it for
+    appending (nothing is truncated) and remove it again if it did not exist."""
+    existed = os.path.lexists(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        raise UsageError(f"cannot write {safe(path)}: {exc.strerror or exc}") from None
+    os.close(fd)
+    if not existed:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def current_dir() -> Path:
+    """The current directory; a deleted one is reported as missing, not a crash."""
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists; cd to an existing "
+                         "directory") from None
+
+
+def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
+                 err: TextIO) -> tuple[gitio.Selection, Policy]:
     if args.staged:
-        return gitio.staged_sources(root), resolve_policy(args.policy, root, err)
+        return gitio.staged_sources(root, store), resolve_policy(args.policy, root, err)
     rng = gitio.Range.parse(args.diff)
     if args.policy_from == "head":
         policy = resolve_policy(args.policy, root, err)
     else:
         policy = _policy_at(gitio.verify_revision(root, rng.base), rng.base, args.policy, root,
                             err)
-    return gitio.diff_sources(root, rng), policy
+    return gitio.diff_sources(root, rng, store), policy
 
 
 def _policy_at(commit: str, label: str, explicit: str | None, root: Path,
@@ -174,7 +267,7 @@ def exit_code(result: ScanResult) -> int:
 
 
 def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    root = find_root(Path.cwd()) or Path.cwd()
+    root = find_root(current_dir()) or current_dir()
     policies = [load_policy(p) for p in args.policies] if args.policies else \
         [resolve_policy(None, root, err)]
     problems = [p for policy in policies for p in review(policy, utc_today(), root)]
@@ -200,7 +293,7 @@ def find_root(start: Path) -> Path | None:
 def resolve_policy(explicit: str | None, root: Path | None, err: TextIO) -> Policy:
     if explicit is not None:
         return load_policy(explicit)
-    for folder in ([root] if root else []) + [Path.cwd()]:
+    for folder in ([root] if root else []) + _cwd_or_nothing():
         for name in POLICY_NAMES:
             candidate = folder / name
             if candidate.is_file():
@@ -208,6 +301,13 @@ def resolve_policy(explicit: str | None, root: Path | None, err: TextIO) -> Poli
     policy = default_policy()
     print(f"picklegate: no .picklegate.yaml found; using the {policy.source}", file=err)
     return policy
+
+
+def _cwd_or_nothing() -> list[Path]:
+    try:
+        return [Path.cwd()]
+    except FileNotFoundError:
+        return []
 
 
 def use_color(choice: str, stream: TextIO) -> bool:

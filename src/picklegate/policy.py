@@ -32,7 +32,7 @@ from picklegate.errors import PolicyError
 SCHEMA_VERSION = 1
 DEFAULT_PRESETS = ("builtins-safe", "torch", "numpy")
 TOP_KEYS = ("version", "description", "extends", "allow", "deny", "rules", "approved",
-            "unknown_formats", "lfs_pointers")
+            "unknown_formats", "lfs_pointers", "exclude")
 ENTRY_KEYS = ("name", "reason", "owner", "expires")
 RULE_KEYS = ("paths", "allow", "deny", "reason")
 APPROVAL_KEYS = ("path", "sha256", "reason", "owner", "expires")
@@ -141,6 +141,8 @@ class Policy:
     unknown_formats: str = "fail"
     lfs_pointers: str = "fail"
     files: tuple[str, ...] = ()       # every policy file read (the file itself and its extends)
+    # Git-style globs (as in rules) of paths never scanned: vendored test fixtures and the like.
+    exclude: tuple[str, ...] = ()
 
     def decide(self, module: str, name: str, path: str | None = None,
                today: dt.date | None = None) -> Decision:
@@ -284,6 +286,7 @@ class _Builder:
     approved: list[Approval] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
 
 
 # Reads a policy file by path: its text, or None when there is no such file. The default reads
@@ -332,7 +335,7 @@ def _finish(source: str, b: _Builder) -> Policy:
                   approved=tuple(b.approved),
                   unknown_formats=b.settings.get("unknown_formats", "fail"),
                   lfs_pointers=b.settings.get("lfs_pointers", "fail"),
-                  files=tuple(b.files))
+                  files=tuple(b.files), exclude=tuple(b.exclude))
 
 
 def _read_yaml(text: str, display: str) -> yaml.Node:
@@ -401,6 +404,16 @@ def _load_text(text: str, display: str, folder: str | None, b: _Builder,
         b.rules.extend(_rule(r, item) for item in r.sequence(top["rules"], "rules"))
     if "approved" in top:
         b.approved.extend(_approval(r, item) for item in r.sequence(top["approved"], "approved"))
+    if "exclude" in top:
+        b.exclude.extend(_glob(r, item) for item in r.sequence(top["exclude"], "exclude"))
+
+
+def _glob(r: _Node, node: yaml.Node) -> str:
+    pattern = r.string(node, "an exclude pattern")
+    if not pattern.strip("/ "):
+        raise r.error(node, f"{pattern!r} is not a path pattern; write a git-style glob such "
+                            "as 'tests/fixtures/**'")
+    return pattern
 
 
 def _extend(target: str, node: yaml.Node, folder: str | None, b: _Builder,

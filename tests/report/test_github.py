@@ -15,7 +15,7 @@ import yaml
 
 from picklegate.findings import FileResult, Finding, FindingKind, ScanResult, Status
 from picklegate.policy import Verdict, load_policy
-from picklegate.report import github
+from picklegate.report import github, text
 from picklegate.review import Gadget
 
 from .test_sarif import INJECTY, SPACED, check_golden, sample_result
@@ -134,11 +134,12 @@ def test_injection_attempts_do_not_create_commands():
     commands = [line for line in lines if line.lstrip().startswith("::")]
     assert len(commands) == 2 and len(lines) == 4          # 2 commands, summary, final ""
     first, second = parse(commands[0]), parse(commands[1])
-    assert first["file"] == path
+    assert first["file"] == text.safe(path)
     assert first["data"] == github.annotation_message(path, finding)
-    assert member in first["data"] and "offset 7" in first["data"]
-    assert second["file"] == "e\n::error::f.pkl"
-    assert second["data"] == "e\n::error::f.pkl: cannot\n::error::read"
+    # names are shown escaped (text.safe): a line break or ANSI escape is displayed, not obeyed
+    assert text.safe(member) in first["data"] and "offset 7" in first["data"]
+    assert second["file"] == "e\\n::error::f.pkl"
+    assert second["data"] == "e\\n::error::f.pkl: cannot\\n::error::read"
     assert lines[2].endswith("(policy: p\\n::error::from-policy)")
 
 

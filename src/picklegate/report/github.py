@@ -53,10 +53,11 @@ def render(result: ScanResult, color: bool = False) -> str:
     lines: list[str] = []
     for f in sorted(result.files, key=lambda x: x.path):
         if f.status is Status.ERROR:
-            lines.append(command("error", f.path, f"picklegate ({SCAN_ERROR})",
-                                 f"{f.path}: {f.error or 'the file could not be scanned'}"))
+            lines.append(command("error", text.safe(f.path), f"picklegate ({SCAN_ERROR})",
+                                 f"{text.safe(f.path)}: "
+                                 f"{text.safe(f.error or 'the file could not be scanned')}"))
         for finding in sorted(f.findings, key=lambda x: x.sort_key):
-            lines.append(command("warning" if finding.warning else "error", f.path,
+            lines.append(command("warning" if finding.warning else "error", text.safe(f.path),
                                  f"picklegate ({finding.kind.value})",
                                  annotation_message(f.path, finding)))
     lines.append(one_line(text.summary(result)))
@@ -66,7 +67,7 @@ def render(result: ScanResult, color: bool = False) -> str:
 def annotation_message(path: str, finding: Finding) -> str:
     """The text reporter's line without its label: path, [member], offset, message."""
     times = f" ({finding.count} occurrences)" if finding.count > 1 else ""
-    return f"{text.location(path, finding)}: {finding.message}{times}"
+    return f"{text.location(path, finding)}: {text.safe(finding.message)}{times}"
 
 
 def one_line(value: str) -> str:

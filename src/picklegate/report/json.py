@@ -1,16 +1,41 @@
-"""The JSON document (schema version 1). The only place JSON output is produced."""
+"""The JSON document (schema version 1). The only place JSON output is produced.
+
+Every string is valid Unicode: a lone surrogate (an undecodable file-name byte, or a global
+named ``"\\ud800"``) is written as the escape text the text report shows (``\\xff``,
+``\\ud800``), because strict JSON parsers reject a lone ``\\ud800`` escape. Control
+characters are escaped by ``json.dumps`` itself, and a value longer than ``MAX_JSON`` has its
+middle replaced by how much was left out.
+"""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from picklegate.findings import FileResult, Finding, GlobalRef, ScanResult, Status
+from picklegate.report.text import safe
+
+MAX_JSON = 8192
+_NEEDS_CARE = re.compile("[\ud800-\udfff]")
 
 JSON_VERSION = 1
 
 
 def render(result: ScanResult, color: bool = False) -> str:
-    return json.dumps(document(result), indent=2, sort_keys=False) + "\n"
+    return json.dumps(clean(document(result)), indent=2, sort_keys=False) + "\n"
+
+
+def clean(value: Any) -> Any:
+    """The document with every string made valid and bounded (see the module docstring)."""
+    if isinstance(value, str):
+        # (such a string also gets its control characters as escape text, as in the text report)
+        return safe(value, MAX_JSON) if len(value) > MAX_JSON or _NEEDS_CARE.search(value) \
+            else value
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
 
 
 def document(result: ScanResult) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import picklegate
 from picklegate.findings import FileResult, Finding, FindingKind, ScanResult, Status
+from picklegate.report import json as json_report
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -184,7 +185,9 @@ RULE_INDEX = {rule.id: i for i, rule in enumerate(RULES)}
 
 
 def render(result: ScanResult, color: bool = False) -> str:
-    return json.dumps(document(result), indent=2, sort_keys=False) + "\n"
+    # clean(): lone surrogates (undecodable names) as escape text, giant values shortened,
+    # exactly as in the JSON report; fingerprints are computed before, over the real names.
+    return json.dumps(json_report.clean(document(result)), indent=2, sort_keys=False) + "\n"
 
 
 def document(result: ScanResult) -> dict[str, Any]:
