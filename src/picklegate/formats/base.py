@@ -10,11 +10,6 @@ from picklegate.limits import DEFAULT_LIMITS, Limits
 from picklegate.machine import Buffer, Collector
 
 
-class NotThisFormat(Exception):
-    """A reader's format has no magic and the bytes, on closer reading, are not that format:
-    the dispatcher tries the next interpretation. Raised before anything is recorded."""
-
-
 @dataclass
 class Budget:
     """Bytes decompressed and members opened so far for one top-level file, at every depth."""
@@ -78,8 +73,9 @@ Reader = Callable[[Buffer, int, int, "Context", Analysis], str]
 class NotThisFormat(Exception):
     """A reader's closer look says the bytes are not its format: try the next interpretation.
 
-    Only formats without a magic number need it (an lzma 'alone' header is a few plausible
-    bytes); the dispatcher then carries on down the table as if the detector had said no."""
+    Only formats without a magic number (an lzma 'alone' header is a few plausible bytes) or
+    whose loader checks more than the detector (tarfile) need it; the dispatcher then carries on
+    down the table as if the detector had said no. Raised before anything is recorded."""
 
 
 def analyse_member(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:

@@ -56,7 +56,7 @@ def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
         # fail; the members read before are still analysed.
         analysis.finding(ctx, FindingKind.MALFORMED, start,
                          f"tar archive cannot be read to its end: {type(exc).__name__}: {exc}")
-        members = archive.members
+        members = archive.members  # type: ignore[attr-defined]  # what was read before
     names = [m.name for m in members]
     is_torch = TORCH_TAR_MEMBERS <= set(names)
     seen: set[str] = set()
