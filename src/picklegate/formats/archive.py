@@ -21,8 +21,9 @@ import io
 import lzma
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context, analyse_member
@@ -312,9 +313,22 @@ class _Reading:
             return b""
         return bytes(self.buf[offset:offset + size])
 
-    def tail(self) -> tuple[int, bytes]:
-        base = max(self.start, self.end - TAIL)
-        return base, bytes(self.buf[base:self.end])
+    def last_eocd(self, room: int) -> int:
+        """The last end-record signature with ``room`` bytes from it to the end, searching
+        backwards in 4 KiB steps (as miniz does) over at most the last TAIL bytes; -1 if
+        none. An archive without a comment costs one step."""
+        floor = max(self.start, self.end - TAIL)
+        stop = self.end
+        while stop > floor:
+            base = max(floor, stop - 4096)
+            chunk = bytes(self.buf[base:stop])
+            at = chunk.rfind(EOCD_SIG)
+            while at >= 0 and self.end - (base + at) < room:
+                at = chunk.rfind(EOCD_SIG, 0, at + 3)
+            if at >= 0:
+                return base + at
+            stop = base + 3 if base > floor else floor
+        return -1
 
     def local(self, offset: int) -> tuple[Header, int] | None:
         raw = self.at(offset, LOCAL.size)
@@ -358,8 +372,19 @@ class _Reading:
         span = span or self.span(header)
         if span is not None:        # else zipfile and miniz fail on this member alone
             view.members.append(span)
-            view.accounted.append((header.header_offset, span.data_end))
+            view.accounted.append((header.header_offset, self.after(span)))
         return True
+
+    def after(self, span: Span) -> int:
+        """Where the member ends: after its data descriptor when flag bit 3 says it has one
+        (APPNOTE 4.3.9; the signature is optional; zip64 sizes are 8 bytes)."""
+        pos = span.data_end
+        if not span.header.flags & FLAG_DESCRIPTOR:
+            return pos
+        if self.at(pos, 4) == DESCRIPTOR_SIG:
+            pos += 4
+        wide = max(span.header.csize, span.header.usize) >= U32
+        return pos + (20 if wide else 12)
 
 
 class _ZipfileView(_Reading):
@@ -379,17 +404,16 @@ class _ZipfileView(_Reading):
         end_record = self.at(self.end - EOCD.size, EOCD.size)
         if end_record[:4] == EOCD_SIG and end_record[-2:] == b"\x00\x00":
             return self.end - EOCD.size
-        base, tail = self.tail()
-        at = tail.rfind(EOCD_SIG)
+        at = self.last_eocd(4)
         if at < 0:
             raise _Refused("no end-of-central-directory record")
-        if at + EOCD.size > len(tail):
-            raise _Refused(f"the last end record, at {base + at - self.start}, is truncated")
-        return base + at
+        if at + EOCD.size > self.end:
+            raise _Refused(f"the last end record, at {at - self.start}, is truncated")
+        return at
 
     def _read(self, view: View) -> None:
         eocd = view.eocd = self._eocd()
-        _, _, _, _, _, size, offset, comment = EOCD.unpack(self.at(eocd, EOCD.size))
+        _, _, _, _, _, size, offset, _ = EOCD.unpack(self.at(eocd, EOCD.size))
         view.accounted.append((eocd, eocd + EOCD.size))
         size, offset, record = self._zip64(view, eocd, size, offset)
         # _RealGetContents: "concat" is what was prepended; every offset is shifted by it.
@@ -455,13 +479,10 @@ class _TorchView(_Reading):
     def _eocd(self) -> int:
         # mz_zip_reader_locate_header_sig: searching backwards, the first signature with a
         # whole record (22 bytes) after it.
-        base, tail = self.tail()
-        at = tail.rfind(EOCD_SIG)
-        while at >= 0 and len(tail) - at < EOCD.size:
-            at = tail.rfind(EOCD_SIG, 0, at + 3)
+        at = self.last_eocd(EOCD.size)
         if at < 0:
             raise _Refused("no end-of-central-directory record")
-        return base + at
+        return at
 
     def _read(self, view: View) -> None:
         eocd = view.eocd = self._eocd()
@@ -554,18 +575,8 @@ class _StreamView(_Reading):
             span = Span(header, data_start, data_start + csize)
             if span.data_end > self.end or not self.add(view, header, span):
                 return view
-            pos = self._after(span)
+            pos = self.after(span)
         return view
-
-    def _after(self, span: Span) -> int:
-        pos = span.data_end
-        if not span.header.flags & FLAG_DESCRIPTOR:
-            return pos
-        if self.at(pos, 4) == DESCRIPTOR_SIG:
-            pos += 4
-        wide = span.header.csize == U32 or span.header.usize == U32 or \
-            max(span.header.csize, span.header.usize) > U32
-        return pos + (20 if wide else 12)
 
 
 class _Refused(Exception):

@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context
-from picklegate.machine import (Buffer, Collector, Fatal, PickleMachine, Ref, Seq, Value,
-                                analyse_pickles)
+from picklegate.machine import (
+    Buffer,
+    Collector,
+    Fatal,
+    PickleMachine,
+    Ref,
+    Seq,
+    Value,
+    analyse_pickles,
+)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -97,7 +105,9 @@ class TorchLayout:
                 self.storages.add(f"{self.archive}/data/{found[0]}")
 
     def is_storage(self, name: str) -> bool:
-        from picklegate.formats.pickle import PICKLE_NAMES  # late: pickle imports this module
+        from picklegate.formats.pickle import (
+            PICKLE_NAMES,  # late: pickle imports this module
+        )
 
         # torch's storage keys are numbers; a key naming a pickle ('data/a.pkl') would exempt
         # a member that some loader does unpickle, so such members are analysed.
