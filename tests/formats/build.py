@@ -343,3 +343,129 @@ def safetensors(tensors: dict[str, tuple[str, list[int], bytes]]) -> bytes:
         blob += raw
     text = json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + blob
+
+
+# ---------------------------------------------------------------------------------------------
+# zip structure mutations (end records, directories, zip64) for the differential tests
+
+EOCD_FMT = "<4sHHHHIIH"
+ZIP64_EOCD_FMT = "<4sQHHIIQQQQ"
+ZIP64_LOCATOR_FMT = "<4sIQI"
+
+
+def local_entry(name: str, payload: bytes) -> bytes:
+    """A stored local header and its data, listed in no directory."""
+    raw = name.encode()
+    return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0x21, zlib.crc32(payload),
+                       len(payload), len(payload), len(raw), 0) + raw + payload
+
+
+@dataclass
+class ZipParts:
+    """A (non-zip64, comment-less) zip split into the bytes before its directory and its raw
+    central entries, to be written back with end records that say what a test wants."""
+
+    body: bytes
+    entries: list[bytes]
+
+    @classmethod
+    def parse(cls, data: bytes) -> ZipParts:
+        sig, _, _, count, _, size, offset, comment = struct.unpack(EOCD_FMT, data[-22:])
+        assert sig == b"PK\x05\x06" and comment == 0 and b"PK\x06\x07" not in data[-42:-22]
+        entries, pos = [], offset
+        for _ in range(count):
+            name_len, extra_len, comment_len = struct.unpack("<HHH", data[pos + 28:pos + 34])
+            end = pos + 46 + name_len + extra_len + comment_len
+            entries.append(data[pos:end])
+            pos = end
+        assert pos == offset + size
+        return cls(data[:offset], entries)
+
+    def entry_name(self, index: int) -> str:
+        e = self.entries[index]
+        return e[46:46 + struct.unpack("<H", e[28:30])[0]].decode()
+
+    def bytes(self, entries: list[bytes] | None = None, count: int | None = None,
+              size: int | None = None, offset: int | None = None, comment: bytes = b"",
+              prefix: bytes = b"", suffix: bytes = b"") -> bytes:
+        """body + directory + end record; ``count``/``size``/``offset`` override its fields."""
+        entries = self.entries if entries is None else entries
+        directory = b"".join(entries)
+        n = len(entries) if count is None else count
+        eocd = struct.pack(EOCD_FMT, b"PK\x05\x06", 0, 0, n, n,
+                           len(directory) if size is None else size,
+                           len(self.body) if offset is None else offset, len(comment))
+        return prefix + self.body + directory + eocd + comment + suffix
+
+    def zip64(self, directories: list[list[bytes]] | None = None,
+              locator_names: int = -1) -> bytes:
+        """body, then per directory its entries and a zip64 end record, then a locator and an
+        end record. zipfile reads the LAST zip64 record (right before the locator); the
+        locator names record ``locator_names`` (index into ``directories``), which is what
+        miniz reads."""
+        directories = [self.entries] if directories is None else directories
+        out = bytearray(self.body)
+        records = []
+        for entries in directories:
+            offset = len(out)
+            out += b"".join(entries)
+            records.append(len(out))
+            out += struct.pack(ZIP64_EOCD_FMT, b"PK\x06\x06", 44, 45, 45, 0, 0, len(entries),
+                               len(entries), len(out) - offset, offset)
+        out += struct.pack(ZIP64_LOCATOR_FMT, b"PK\x06\x07", 0, records[locator_names], 1)
+        out += struct.pack(EOCD_FMT, b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF,
+                           0xFFFFFFFF, 0)
+        return bytes(out)
+
+
+def torch_like_zip(tensors: int, size: int, folder: str = "archive") -> bytes:
+    """A stored zip laid out as torch.save writes it: ``<folder>/data.pkl`` (a protocol 2
+    pickle of a dict whose values are persistent ids ('storage', torch.FloatStorage, key,
+    'cpu', numel)), then one ``<folder>/data/<key>`` record of ``size`` bytes per key, then
+    version and byteorder. Built by hand so 20k members take milliseconds."""
+    def text(value: str) -> bytes:
+        raw = value.encode()
+        return b"X" + struct.pack("<I", len(raw)) + raw
+
+    items = b"".join(text(f"w{i}") + b"(" + text("storage") + b"ctorch\nFloatStorage\n"
+                     + text(str(i)) + text("cpu") + b"J" + struct.pack("<i", size // 4)
+                     + b"tQ" for i in range(tensors))
+    data_pkl = b"\x80\x02}(" + items + b"u."
+    z = RawZip().add(f"{folder}/data.pkl", data_pkl)
+    block = bytes(range(256)) * (size // 256 + 1)
+    for i in range(tensors):
+        z.add(f"{folder}/data/{i}", block[:size])
+    z.add(f"{folder}/version", b"3\n").add(f"{folder}/byteorder", b"little")
+    return z.bytes()
+
+
+class CountingBuffer:
+    """A Buffer (bytes-like: len, indexing, slicing, find) that counts the bytes it hands out
+    or searches, so tests can bound the work of a reader without timing it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.examined = 0
+        self.finds = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):  # int or slice, like bytes
+        value = self.data[index]
+        self.examined += len(value) if isinstance(index, slice) else 1
+        return value
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        end = len(self.data) if end is None else min(end, len(self.data))
+        pos = self.data.find(sub, start, end)
+        self.finds += 1
+        self.examined += max(0, (end if pos < 0 else pos + len(sub)) - start)
+        return pos
+
+    def rfind(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        end = len(self.data) if end is None else min(end, len(self.data))
+        pos = self.data.rfind(sub, start, end)
+        self.finds += 1
+        self.examined += max(0, end - (start if pos < 0 else pos))
+        return pos

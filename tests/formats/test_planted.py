@@ -211,6 +211,18 @@ def test_compressed_member_inside_zip():
 def test_method_mismatch_between_headers():
     raw = bytearray(RawZip().add("a.pkl", EVIL).bytes())
     raw[8] = 8                          # local header says deflated, central says stored
+    # zipfile and miniz read the stored bytes (the call); a streaming reader inflates them
+    # by the local method, which fails: both readings are analysed.
+    assert summary(scan(bytes(raw))) == {(ARCH, None, None), (NA, SYSTEM, "a.pkl"),
+                                         (MALF, None, None)}
+
+
+def test_method_mismatch_local_reading_is_scanned():
+    """Deflated bytes the central directory calls stored: only a reader that follows the
+    local header's method (a streaming reader) gets the pickle, and it is found."""
+    raw = bytearray(RawZip().add("a.pkl", EVIL, method=8).bytes())
+    central = raw.index(b"PK\x01\x02")
+    raw[central + 10] = 0                # central says stored, local says deflated
     assert summary(scan(bytes(raw))) == {(ARCH, None, None), (NA, SYSTEM, "a.pkl")}
 
 

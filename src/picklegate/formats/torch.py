@@ -12,14 +12,21 @@
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context
-from picklegate.machine import (Buffer, Collector, Fatal, PickleMachine, Ref, Seq, Value,
-                                analyse_pickles)
+from picklegate.machine import (
+    Buffer,
+    Collector,
+    Fatal,
+    PickleMachine,
+    Ref,
+    Seq,
+    Value,
+    analyse_pickles,
+)
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -31,7 +38,6 @@ ELEMENT_SIZES = {
     "QInt8Storage": 1, "QUInt8Storage": 1, "QInt32Storage": 4, "QUInt4x2Storage": 1,
     "QUInt2x4Storage": 1, "UntypedStorage": 1,
 }
-_PICKLE_MEMBER = re.compile(r"^(?P<folder>(?:.*/)?[^/]+)\.pkl$")
 
 
 def storage_key(pid: Value) -> tuple[str, Value] | None:
@@ -54,7 +60,15 @@ def element_size(storage_type: Value) -> int | None:
 
 @dataclass
 class TorchLayout:
-    """Which members of a zip are torch pickles and which are their raw storage records."""
+    """Which members of a zip are torch pickles and which are their raw storage records.
+
+    torch's reader takes the folder of the first member as the archive name and refuses
+    archives with a member outside it (caffe2/serialize/inline_container.cc getAllRecords);
+    torch.load then reads ``<archive>/data.pkl`` and, for each persistent id
+    ``('storage', type, key, ...)`` it holds, the raw bytes of ``<archive>/data/<key>``
+    (torch/serialization.py ``_load``). Only those records are exempt, and only in that
+    layout. TorchScript keeps its constants' tensors in ``<archive>/constants/<key>``: they are
+    analysed like any member (raw bytes nothing recognises are data)."""
 
     names: list[str]
     storages: set[str] = field(default_factory=set)
@@ -71,27 +85,33 @@ class TorchLayout:
             return "npz"
         return "zip"
 
+    archive: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The one top-level folder every member is in, when it holds data.pkl.
+        folders = {n.split("/", 1)[0] if "/" in n else None for n in self.names}
+        folder = folders.pop() if len(folders) == 1 else None
+        self.archive = folder if folder and f"{folder}/data.pkl" in self.names else None
+
     def is_pickle_member(self, name: str) -> bool:
         return name.endswith(".pkl")
 
     def record_storages(self, name: str, pids: list[tuple[int, Value]]) -> None:
-        match = _PICKLE_MEMBER.match(name)
-        if match is None:
+        if self.archive is None or name != f"{self.archive}/data.pkl":
             return
         for _, pid in pids:
             found = storage_key(pid)
             if found is not None:
-                self.storages.add(f"{match.group('folder')}/{found[0]}")
+                self.storages.add(f"{self.archive}/data/{found[0]}")
 
     def is_storage(self, name: str) -> bool:
-        from picklegate.formats.pickle import PICKLE_NAMES  # late: pickle imports this module
+        from picklegate.formats.pickle import (
+            PICKLE_NAMES,  # late: pickle imports this module
+        )
 
-        # torch's storage keys are numbers; a key naming a pickle ('a.pkl' naming 'a/b.pkl')
-        # would exempt a member that some loader does unpickle, so such members are analysed.
-        if name in self.storages and not name.lower().endswith(PICKLE_NAMES):
-            self.skipped += 1
-            return True
-        return False
+        # torch's storage keys are numbers; a key naming a pickle ('data/a.pkl') would exempt
+        # a member that some loader does unpickle, so such members are analysed.
+        return name in self.storages and not name.lower().endswith(PICKLE_NAMES)
 
     def notes(self, member: str | None) -> list[str]:
         where = f"{member}: " if member else ""
