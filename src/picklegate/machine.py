@@ -237,6 +237,9 @@ class PickleMachine:
         self.underflows = 0
         # End of the current FRAME (absolute), None outside frames or once a frame is reported.
         self.frame_end: int | None = None
+        # Set by read_raw inside a FRAME: where the file handle is, so where reading continues
+        # once the frame's bytes are used up (pickle._Unpickler's _Unframer).
+        self.resume: int | None = None
 
     # -- driver ---------------------------------------------------------------------------
 
@@ -255,6 +258,8 @@ class PickleMachine:
                     raise Fatal(FindingKind.LIMIT, self.pos,
                                 f"more than {self.limits.max_opcodes} opcodes in one stream; "
                                 "the rest was not analysed")
+                if self.resume is not None:
+                    self.leave_frame()
                 self.op_offset = self.pos
                 code = self.buf[self.pos]
                 self.pos += 1
@@ -265,7 +270,7 @@ class PickleMachine:
                                 "cannot be read")
                 if handler(self):
                     self.out.completed += 1
-                    return self.pos
+                    return self.pos if self.resume is None else self.resume
         except Bound as bound:
             self.out.finding(bound.kind, bound.offset, bound.message + "; the rest of the stream "
                              "was read for imports only (STACK_GLOBAL is then unresolved)")
@@ -305,7 +310,7 @@ class PickleMachine:
                                 "rest of the stream cannot be read")
                 if op.name == "STOP":
                     self.out.completed += 1
-                    return self.pos
+                    return self.pos if self.resume is None else self.resume
                 if op.name in ("GLOBAL", "INST"):
                     _line_import(self, op.name)
                 elif op.name == "PROTO":
@@ -348,6 +353,7 @@ class PickleMachine:
 
     def take(self, n: int) -> int:
         """Advance over ``n`` bytes and return where they start."""
+        self.leave_frame()
         start = self.pos
         if n < 0 or start + n > self.end:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
@@ -368,6 +374,7 @@ class PickleMachine:
 
     def line(self) -> bytes:
         """A newline-terminated argument without its newline; a missing newline is fatal."""
+        self.leave_frame()
         nl = self.buf.find(b"\n", self.pos, self.end)
         if nl < 0:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
@@ -383,6 +390,7 @@ class PickleMachine:
         At the end of the data pickle.py's readline returns what is left without a newline and
         ``[:-1]`` then drops its last byte; find_class still runs with that name. Report it too.
         """
+        self.leave_frame()
         nl = self.buf.find(b"\n", self.pos, self.end)
         if nl >= 0:
             self.frame_check(self.pos, nl + 1)
@@ -404,10 +412,50 @@ class PickleMachine:
         from here on it would execute different bytes than the ones we follow.
         """
         if self.frame_end is not None and start < self.frame_end < stop:
+            if self.resume is not None:
+                # The loader that read raw bytes is pickle._Unpickler, which raises here.
+                raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                            f"{self.opname()} argument runs past the end of its FRAME: "
+                            "pickle exhausted before end of frame")
             self.malformed(f"{self.opname()} argument runs past the end of its FRAME; "
                            "_pickle would read it from after the frame and execute different "
                            "bytes than the rest of this analysis", tolerated=True)
             self.frame_end = None
+
+    # -- raw reads between opcodes (joblib) ------------------------------------------------
+
+    def file_position(self) -> int:
+        """Where pickle._Unpickler's file handle is: its _Unframer reads a whole FRAME into
+        memory, so inside a frame the file is already at the frame's end."""
+        if self.resume is not None:
+            return self.resume
+        if self.frame_end is not None and self.pos < self.frame_end:
+            return min(self.frame_end, self.end)
+        return self.pos
+
+    def read_raw(self, n: int) -> int:
+        """Consume ``n`` bytes at the file position, as a loader's own code does with
+        ``unpickler.file_handle.read(n)``; return where they start. Inside a frame, opcodes go on
+        from the rest of the frame, then from after these bytes (see leave_frame)."""
+        start = self.file_position()
+        if n < 0 or start + n > self.end:
+            raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                        f"truncated: {n} raw bytes read after {self.opname()}, "
+                        f"{max(self.end - start, 0)} remain")
+        self.skip_file_to(start + n)
+        return start
+
+    def skip_file_to(self, pos: int) -> None:
+        """The loader's file handle moved to ``pos`` (a raw read or a nested pickle)."""
+        if self.resume is not None or (self.frame_end is not None and self.pos < self.frame_end):
+            self.resume = pos
+        else:
+            self.pos = pos
+
+    def leave_frame(self) -> None:
+        """_Unframer.read: once the frame in memory is used up, read on from the file."""
+        if self.resume is not None and self.frame_end is not None and self.pos >= self.frame_end:
+            self.pos, self.resume = self.resume, None
 
     def opname(self) -> str:
         op = _OPCODES.get(self.buf[self.op_offset])
@@ -601,6 +649,11 @@ def _proto(m: PickleMachine) -> bool:
 def _frame(m: PickleMachine) -> bool:
     # Framing only groups opcodes for buffered reads; the opcodes inside are parsed as usual.
     size = m.unpack("<Q")
+    if m.resume is not None and m.frame_end is not None and m.pos < m.frame_end:
+        raise Fatal(FindingKind.MALFORMED, m.op_offset,
+                    "beginning of a new frame before end of current frame (pickle._Unpickler "
+                    "raises here, after raw bytes were read from the file)")
+    m.leave_frame()   # _Unframer.load_frame reads the new frame from the file position
     if m.frame_end is not None and m.pos < m.frame_end:
         # pickle.py rejects this; _pickle without peek() may read the new frame from after
         # the old one, skipping the old frame's remaining bytes.

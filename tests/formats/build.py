@@ -469,3 +469,88 @@ class CountingBuffer:
         self.finds += 1
         self.examined += max(0, end - (start if pos < 0 else pos))
         return pos
+
+
+# joblib array layouts (test_joblib_layout.py): hand-made wrappers, protocol 2 text opcodes
+
+
+WRAPPER_GLOBAL = _global_ref("joblib.numpy_pickle", "NumpyArrayWrapper")
+# Ways to put a NumpyArrayWrapper on the stack. Those in JL_INIT run __init__ (with four Nones:
+# the BUILD state then sets the real attributes, but allow_mmap/alignment keep their defaults).
+JL_CONSTRUCT = {
+    "NEWOBJ": WRAPPER_GLOBAL + b")\x81",
+    "NEWOBJ_EX": b"\x80\x04" + WRAPPER_GLOBAL + b")}\x92",     # PROTO 4 mid-stream is allowed
+    "REDUCE": WRAPPER_GLOBAL + b"(NNNNtR",
+    "OBJ": b"(" + WRAPPER_GLOBAL + b"NNNNo",
+    "INST": b"(NNNNijoblib.numpy_pickle\nNumpyArrayWrapper\n",
+    "OBJ-no-args": b"(" + WRAPPER_GLOBAL + b"o",
+    "copyreg.__newobj__": _global_ref("copyreg", "__newobj__") + b"(" + WRAPPER_GLOBAL + b"tR",
+    "copyreg.__newobj_ex__": (_global_ref("copyreg", "__newobj_ex__") + b"(" + WRAPPER_GLOBAL
+                              + b")}tR"),
+    "copyreg._reconstructor": (_global_ref("copyreg", "_reconstructor") + b"(" + WRAPPER_GLOBAL
+                               + _global_ref("builtins", "object") + b"NtR"),
+    "dotted": b"\x80\x04\x8c\x06joblib\x8c\x1enumpy_pickle.NumpyArrayWrapper\x93)\x81",
+}
+JL_INIT = frozenset({"REDUCE", "OBJ", "INST"})
+
+
+def jl_int(n: int) -> bytes:
+    return b"I%d\n" % n
+
+
+def jl_tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def jl_dtype_state(elsize: int = -1, flags: int = 0, *, version: int = 3, subarray: bytes = b"N",
+                   names: bytes = b"N", fields: bytes = b"N", alignment: int = -1,
+                   metadata: bytes | None = None) -> bytes:
+    """numpy's dtype state tuple (version, endian, subarray, names, fields, elsize, alignment,
+    flags[, metadata]) as arraydescr_reduce writes it."""
+    items = [jl_int(version), _text("|"), subarray, names, fields, jl_int(elsize),
+             jl_int(alignment), jl_int(flags)]
+    return jl_tuple(*items, *([metadata] if metadata is not None else []))
+
+
+def jl_dtype(descr: str, state: bytes | None = None, copy: bool = True) -> bytes:
+    """numpy.dtype(descr, False, copy), then BUILD with ``state`` (opcodes) if given."""
+    built = (_global_ref("numpy", "dtype") + b"(" + _text(descr) + b"\x89"
+             + (b"\x88" if copy else b"\x89") + b"tR")
+    return built + (state + b"b" if state is not None else b"")
+
+
+def jl_fields(*fields: tuple[str, bytes, int]) -> tuple[bytes, bytes]:
+    """(names tuple, fields dict) opcodes for a structured dtype state: (name, dtype, offset)."""
+    names = jl_tuple(*(_text(name) for name, _, _ in fields))
+    items = b"".join(_text(name) + jl_tuple(dtype, jl_int(offset)) for name, dtype, offset in fields)
+    return names, b"}(" + items + b"u"
+
+
+def jl_wrapper(dtype: bytes, shape: tuple[int, ...], construct: str = "NEWOBJ",
+               alignment: int | None | str = 16, extra_state: bytes = b"") -> bytes:
+    """A NumpyArrayWrapper built by ``construct`` and BUILT with a joblib-like state dict;
+    ``alignment="absent"`` leaves numpy_array_alignment_bytes out of the state."""
+    items = (_text("subclass") + _global_ref("numpy", "ndarray")
+             + _text("shape") + jl_tuple(*(jl_int(d) for d in shape))
+             + _text("order") + _text("C") + _text("dtype") + dtype
+             + _text("allow_mmap") + b"\x89")
+    if alignment != "absent":
+        items += _text("numpy_array_alignment_bytes") + (
+            b"N" if alignment is None else jl_int(int(alignment)))
+    return JL_CONSTRUCT[construct] + b"}(" + items + extra_state + b"ub"
+
+
+def jl_raw(data: bytes, padded: bool, pad: int = 3) -> bytes:
+    """What joblib reads after the BUILD: [padding-length byte, padding,] data."""
+    return (bytes([pad]) + b"\xff" * pad if padded else b"") + data
+
+
+JL_TWIN_TAIL = _global_ref("numpy", "dtype") + b"(" + _text("i2") + b"tR"
+
+
+def jl_file(wrapper: bytes, raw: bytes, tail: bytes = JL_TWIN_TAIL) -> bytes:
+    """PROTO 2, the wrapper, joblib's raw bytes, then POP the array and return ``tail``'s
+    value. With the default tail (numpy.dtype('i2')) the file only names joblib and numpy
+    globals, so real joblib.load may check it: it returns dtype('int16') only if it read
+    exactly ``raw`` after the BUILD. Pass ``evil_ops() + b"N"`` to plant a call instead."""
+    return b"\x80\x02" + wrapper + raw + b"0" + tail + b"."
