@@ -21,6 +21,8 @@ ZSTD_SKIPPABLE = 0x184D2A50
 ZLIB_PREFIX = b"\x78"
 ZFILE_PREFIX = b"ZF"
 PROTO = 0x80
+# Member names that say "this is a pickle" even when its first byte could be something else.
+PICKLE_NAMES = (".pkl", ".pickle", ".debug_pkl", ".joblib", ".pt", ".pth", ".bin", ".dill")
 
 
 def head(buf: Buffer, start: int, end: int, n: int = 64) -> bytes:

@@ -7,8 +7,10 @@ uint32 for 2.0/3.0), then a dict literal with exactly 'descr', 'fortran_order' a
 from __future__ import annotations
 
 import ast
+import io
 import re
 import struct
+import tokenize
 from typing import Any
 
 from picklegate.findings import FindingKind
@@ -59,9 +61,8 @@ def _header(buf: Buffer, start: int, end: int, ctx: Context,
                          f".npy header length {size} does not fit the file")
         return None
     text = bytes(buf[at:at + size]).decode("utf-8" if major == 3 else "latin-1", "replace")
-    try:
-        parsed = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    parsed = _literal(text, major)
+    if parsed is None:
         analysis.finding(ctx, FindingKind.MALFORMED, at,
                          ".npy header is not a Python literal dictionary")
         return None
@@ -70,6 +71,36 @@ def _header(buf: Buffer, start: int, end: int, ctx: Context,
                          ".npy header must have exactly the keys descr, fortran_order, shape")
         return None
     return parsed["descr"], at + size
+
+
+def _literal(text: str, major: int) -> Any:
+    """The header as numpy's _read_array_header parses it, or None where numpy fails.
+
+    numpy tries ast.literal_eval; on a SyntaxError in a version 1.0 or 2.0 file it drops the
+    'L' after every number (Python 2 longs, as in ``(2L,)``) with tokenize and tries again."""
+    try:
+        return ast.literal_eval(text)
+    except SyntaxError:
+        if major > 2:
+            return None
+    except (ValueError, TypeError, MemoryError, RecursionError):   # TypeError: {[1]: 2}
+        return None
+    try:
+        return ast.literal_eval(_without_long_suffix(text))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError,
+            tokenize.TokenError, IndentationError):
+        return None
+
+
+def _without_long_suffix(text: str) -> str:
+    """numpy/lib/format.py _filter_header: a NAME token 'L' right after a NUMBER is dropped."""
+    tokens = []
+    after_number = False
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if not (after_number and token.type == tokenize.NAME and token.string == "L"):
+            tokens.append(token)
+        after_number = token.type == tokenize.NUMBER
+    return str(tokenize.untokenize(tokens))
 
 
 def _provably_numeric(descr: Any) -> bool:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context
+from picklegate.formats.detect import PICKLE_NAMES
 from picklegate.formats.joblib import JoblibHook
 from picklegate.formats.torch import first_value_is_magic, read_legacy
 from picklegate.machine import PROTO_BYTE, Buffer, Collector, analyse_pickles
 from picklegate.names import looks_importable
 
-# Member names that say "this is a pickle" even when its first byte could be something else.
-PICKLE_NAMES = (".pkl", ".pickle", ".debug_pkl", ".joblib", ".pt", ".pth", ".bin", ".dill")
 
 
 def read_pickle(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context
+from picklegate.formats.detect import PICKLE_NAMES
 from picklegate.machine import (
     Buffer,
     Collector,
@@ -105,10 +106,6 @@ class TorchLayout:
                 self.storages.add(f"{self.archive}/data/{found[0]}")
 
     def is_storage(self, name: str) -> bool:
-        from picklegate.formats.pickle import (
-            PICKLE_NAMES,  # late: pickle imports this module
-        )
-
         # torch's storage keys are numbers; a key naming a pickle ('data/a.pkl') would exempt
         # a member that some loader does unpickle, so such members are analysed.
         return name in self.storages and not name.lower().endswith(PICKLE_NAMES)
