@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Sequence, TextIO
 
@@ -22,6 +24,7 @@ from picklegate.scan import scan_sources
 from picklegate.sources import Source, file_sources
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+MACHINE_FORMATS = ("json", "sarif")     # stdout is one document, nothing else
 POLICY_NAMES = (".picklegate.yaml", ".picklegate.yml")
 
 
@@ -66,9 +69,11 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                       help="with --diff: read the policy from the base commit (default) or "
                            "from the working tree")
     scan.add_argument("--format", choices=FORMATS, default="text", help="output format")
-    scan.add_argument("--output", metavar="FILE",
-                      help="write the report in --format to FILE; the text report still goes "
-                           "to the terminal")
+    scan.add_argument("--output", metavar="[FORMAT=]FILE", action="append", default=[],
+                      type=output_target,
+                      help="also write the report in FORMAT (text, json, sarif, github) to "
+                           "FILE; repeat it for several reports from the same scan. A plain "
+                           "FILE writes --format there and the terminal gets the text report")
     scan.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                       help="colour text output (auto: only on a terminal, never with NO_COLOR)")
     scan.add_argument("-v", "--verbose", action="store_true",
@@ -104,10 +109,7 @@ def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         policy = resolve_policy(args.policy, root, err)
         sources = list(file_sources(args.paths or ["."], root))
     result = scan_sources(sources, policy)
-    _emit(args, result, out)
-    for failed in result.files:
-        if failed.status is Status.ERROR:
-            print(f"picklegate: error: {failed.path}: {failed.error}", file=err)
+    _emit(args, result, out, err)
     return exit_code(result)
 
 
@@ -147,20 +149,77 @@ def _repo_relative(path: str, root: Path) -> str:
         raise UsageError(f"{path} is outside the repository") from None
 
 
-def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO) -> None:
-    render = reporter(args.format)
-    color = use_color(args.color, out) and args.format == "text"
-    document = render(result, color, args.verbose)
-    if args.output:
+@dataclass(frozen=True)
+class OutputTarget:
+    """One ``--output``: a report format (None: the ``--format``, the old ``--output FILE``)
+    and the file it goes to."""
+
+    format: str | None
+    path: str
+
+
+def output_target(value: str) -> OutputTarget:
+    """``FORMAT=FILE`` when the part before the first ``=`` is a word, else a plain FILE. A word
+    that is no format is an error rather than a file name, so ``sarf=x.sarif`` is caught; a
+    file whose name starts like that is written ``./sarf=x.sarif``."""
+    head, sep, path = value.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", head):
+        return OutputTarget(None, value)
+    if head not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"unknown report format {head!r} in {value!r} (choose from {', '.join(FORMATS)}; "
+            f"write ./{value} for a file of that name)")
+    if not path:
+        raise argparse.ArgumentTypeError(f"no file after '{head}=' in {value!r}")
+    return OutputTarget(head, path)
+
+
+def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO) -> None:
+    """Render every requested report from this one result: the terminal's, then each
+    ``--output`` file, then the job summary if any report is ``github``."""
+    targets: list[OutputTarget] = args.output
+    files = [(t.format or args.format, t.path) for t in targets]
+    # The old `--output FILE` sent --format to the file and kept text on the terminal.
+    terminal = "text" if any(t.format is None for t in targets) else args.format
+    _check_distinct([path for _, path in files])
+    documents: dict[str, str] = {}
+
+    def document(fmt: str) -> str:
+        if fmt not in documents:                    # each format rendered once
+            documents[fmt] = reporter(fmt)(result, False, args.verbose)
+        return documents[fmt]
+
+    color = terminal == "text" and use_color(args.color, out)
+    out.write(reporter(terminal)(result, True, args.verbose) if color else document(terminal))
+    for fmt, path in files:
+        _write(path, document(fmt))
+    if "github" in {terminal, *(fmt for fmt, _ in files)}:
         try:
-            Path(args.output).write_text(document, encoding="utf-8")
+            write_step_summary(result, os.environ)
         except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-        out.write(reporter("text")(result, use_color(args.color, out), args.verbose))
-    else:
-        out.write(document)
-    if args.format == "github":
-        write_step_summary(result, os.environ)
+            raise UsageError(f"cannot write the job summary: {exc.strerror or exc}") from None
+    if terminal in MACHINE_FORMATS:
+        # The text and github reports list unreadable files themselves; behind a JSON or
+        # SARIF document on stdout a person still needs one line on stderr.
+        for failed in result.files:
+            if failed.status is Status.ERROR:
+                print(f"picklegate: error: {failed.path}: {failed.error}", file=err)
+
+
+def _check_distinct(paths: list[str]) -> None:
+    seen: set[str] = set()
+    for path in paths:
+        key = os.path.abspath(path)
+        if key in seen:
+            raise UsageError(f"--output names {path} more than once")
+        seen.add(key)
+
+
+def _write(path: str, document: str) -> None:
+    try:
+        Path(path).write_text(document, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def exit_code(result: ScanResult) -> int:
