@@ -493,8 +493,9 @@ def _approval(r: _Node, node: yaml.Node) -> Approval:
             raise r.error(node, f"an approval needs '{required}'")
     # The raw scalar text: an unquoted digest made only of digits (or digits and one "e")
     # would otherwise be read by YAML as a number.
-    node = keys["sha256"]
-    digest = str(node.value).lower() if isinstance(node, yaml.ScalarNode) else ""
+    digest_node = keys["sha256"]
+    digest = (str(digest_node.value).lower() if isinstance(digest_node, yaml.ScalarNode)
+              else "")
     if not _SHA256.match(digest):
         raise r.error(keys["sha256"], "sha256 must be 64 hexadecimal digits "
                                       "(the output of sha256sum on the file)")
