@@ -185,7 +185,6 @@ def _git(repo: Path, *args: str) -> str:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_action_steps_install_into_a_venv_and_scan_once(tmp_path: Path):
     action_path = tmp_path / "action"
     _snapshot(action_path)
@@ -207,7 +206,8 @@ def test_action_steps_install_into_a_venv_and_scan_once(tmp_path: Path):
                            if p and not (Path(p) / "picklegate").exists())
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("PICKLEGATE_")}
-    env.update({"PATH": path, "RUNNER_TEMP": str(runner_temp), "GITHUB_ACTION_PATH": str(action_path),
+    env.update({"PATH": path, "RUNNER_TEMP": str(runner_temp),
+                "GITHUB_ACTION_PATH": str(action_path),
                 "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
                 "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"})
     install = subprocess.run(("bash", "-e", "-c", steps()["Install picklegate"]["run"]),

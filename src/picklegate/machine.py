@@ -117,8 +117,8 @@ class Mapping:
             self.dropped += 1
 
 
-Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
-              "Ref", "Instance", "Seq", "Mapping"]
+Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText",
+              "LongBytes", "Ref", "Instance", "Seq", "Mapping"]
 MISSING = Opaque("missing")
 UNDERFLOW = Opaque("stack underflow")
 

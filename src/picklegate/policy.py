@@ -364,7 +364,8 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
     resource = resources.files("picklegate") / "presets" / f"{name}.yaml"
     if not resource.is_file():
         raise reader.error(node, f"unknown preset {name!r}; available presets: "
-                                 f"{', '.join(preset_names())} (or a relative path ending in .yaml)")
+                                 f"{', '.join(preset_names())} "
+                                 "(or a relative path ending in .yaml)")
     display = f"<preset {name}>"
     b.files.append(display)
     _load_text(resource.read_text(encoding="utf-8"), display, None, b, stack + (key,), None)

@@ -97,7 +97,8 @@ def test_terminal_colour_never_reaches_a_file(repo, capsys, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--output", "sarf=x.sarif"], "unknown report format 'sarf' in 'sarf=x.sarif'"),
     (["--output", "sarif="], "no file after 'sarif='"),
-    (["--output", "sarif=r.out", "--output", "json=./r.out"], "--output names ./r.out more than once"),
+    (["--output", "sarif=r.out", "--output", "json=./r.out"],
+     "--output names ./r.out more than once"),
     (["--format", "sarif", "--output", "r.out", "--output", "sarif=r.out"],
      "--output names r.out more than once"),
 ], ids=["typo", "no-file", "same-file", "old-and-new-same-file"])

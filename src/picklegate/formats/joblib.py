@@ -75,7 +75,7 @@ def _init_attrs(inst: Instance, m: PickleMachine) -> dict[str, Value]:
     if inst.opcode in ("REDUCE", "OBJ", "INST") and _ref_is(inst.callee, WRAPPERS):
         if not isinstance(inst.args, tuple):
             raise _stop(m, "the array wrapper's constructor arguments are not a tuple")
-        return dict(zip(INIT_ARGS, inst.args))
+        return dict(zip(INIT_ARGS, inst.args, strict=False))     # fewer args: defaults
     return {}
 
 

@@ -49,7 +49,7 @@ def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
         analysis.finding(ctx, FindingKind.MALFORMED, start, f"tar archive cannot be read: {exc}")
         return "tar"
     names = [m.name for m in members]
-    is_torch = TORCH_TAR_MEMBERS <= set(names)
+    is_torch = set(names) >= TORCH_TAR_MEMBERS
     seen: set[str] = set()
     for member in members:
         _check(member, seen, start, ctx, analysis)
