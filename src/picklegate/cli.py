@@ -175,25 +175,15 @@ def output_target(value: str) -> OutputTarget:
 
 
 def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO) -> None:
-    """Render every requested report from this one result: the terminal's, then each
-    ``--output`` file, then the job summary if any report is ``github``."""
-    targets: list[OutputTarget] = args.output
-    files = [(t.format or args.format, t.path) for t in targets]
-    # The old `--output FILE` sent --format to the file and kept text on the terminal.
-    terminal = "text" if any(t.format is None for t in targets) else args.format
-    _check_distinct([path for _, path in files])
-    documents: dict[str, str] = {}
-
-    def document(fmt: str) -> str:
-        if fmt not in documents:                    # each format rendered once
-            documents[fmt] = reporter(fmt)(result, False, args.verbose)
-        return documents[fmt]
-
+    """Every requested report, from this one result: the terminal's, each ``--output`` file
+    (each format rendered once), then the job summary if any report is ``github``."""
+    terminal, files = _targets(args)
     color = terminal == "text" and use_color(args.color, out)
-    out.write(reporter(terminal)(result, True, args.verbose) if color else document(terminal))
+    out.write(reporter(terminal)(result, color, args.verbose))
+    documents = {fmt: reporter(fmt)(result, False, args.verbose) for fmt, _ in files}
     for fmt, path in files:
-        _write(path, document(fmt))
-    if "github" in {terminal, *(fmt for fmt, _ in files)}:
+        _write(path, documents[fmt])
+    if "github" in (terminal, *documents):
         try:
             write_step_summary(result, os.environ)
         except OSError as exc:
@@ -204,6 +194,15 @@ def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO
         for failed in result.files:
             if failed.status is Status.ERROR:
                 print(f"picklegate: error: {failed.path}: {failed.error}", file=err)
+
+
+def _targets(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
+    """(the terminal's format, [(format, file)]). The old ``--output FILE`` sends --format to
+    the file and keeps the text report on the terminal, as it always did."""
+    targets: list[OutputTarget] = args.output
+    files = [(t.format or args.format, t.path) for t in targets]
+    _check_distinct([path for _, path in files])
+    return ("text" if any(t.format is None for t in targets) else args.format), files
 
 
 def _check_distinct(paths: list[str]) -> None:
