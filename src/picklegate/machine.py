@@ -163,6 +163,9 @@ class Collector:
     # Absolute offset of the first opcode at which CPython's unpickler raises (underflow, bad
     # argument, truncation...): a loader reading these bytes runs nothing after it.
     first_error: int | None = None
+    # Places where pickle.py and _pickle read different bytes (FRAME edge cases): there a
+    # loader may go on where this analysis stops.
+    divergences: int = 0
 
     def error_at(self, offset: int) -> None:
         if self.first_error is None or offset < self.first_error:
@@ -186,6 +189,7 @@ class Collector:
         self.persistent_ids.extend(other.persistent_ids)
         self.streams += other.streams
         self.completed += other.completed
+        self.divergences += other.divergences
         if other.first_error is not None:
             self.error_at(other.first_error)
 
@@ -505,7 +509,9 @@ class PickleMachine:
         """``tolerated``: CPython's unpickler carries on here (a FRAME divergence between
         pickle.py and _pickle, or a name line cut at the end of the data)."""
         self.out.finding(FindingKind.MALFORMED, self.op_offset, message)
-        if not tolerated:
+        if tolerated:
+            self.out.divergences += 1
+        else:
             self.out.error_at(self.op_offset)
 
     # -- imports --------------------------------------------------------------------------
