@@ -346,3 +346,17 @@ def test_large_staged_blob_is_streamed_in_bounded_memory(repo):
     git(repo, "add", "big.pt")
     peak = _peak_kib(repo, "--staged")
     assert peak - baseline < 100 * 1024, (baseline, peak)
+
+
+def test_staged_blob_is_scanned_as_checkout_smudges_it(repo, capsys):
+    """Paths with a filter (as Git LFS sets one) are read through git's smudge filter: what a
+    checkout writes is what a loader reads. Here the filter turns getcwd into system."""
+    git(repo, "config", "filter.swap.clean", "cat")
+    git(repo, "config", "filter.swap.smudge", "sed s/getcwd/system/")
+    write(repo, ".gitattributes", b"*.pkl filter=swap\n")
+    write(repo, "model.pkl", global_call("posix", "getcwd"))
+    git(repo, "add", ".gitattributes", "model.pkl")
+    code, doc = scan_json(capsys, "--staged")
+    assert code == 1
+    [f] = doc["files"]
+    assert [(x["module"], x["name"]) for x in f["findings"]] == [("posix", "system")]
