@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
 from picklegate import __version__, gitio
-from picklegate.errors import PicklegateError, UsageError
+from picklegate.errors import PicklegateError, PolicyError, UsageError
 from picklegate.findings import ScanResult, Status
 from picklegate.policy import Policy, default_policy, load_policy, utc_today
 from picklegate.report import FORMATS, reporter
@@ -88,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             return run_policy_check(args, out, sys.stderr)
         return run_scan(args, out, sys.stderr)
+    except PolicyError as exc:         # every problem of the policy, one per line
+        for line in exc.lines():
+            _say(f"picklegate: error: {line}")
+        return EXIT_ERROR
     except PicklegateError as exc:
         _say(f"picklegate: error: {exc}")
         return EXIT_ERROR
