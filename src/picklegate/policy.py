@@ -377,6 +377,17 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def is_module_name(text: str) -> bool:
+    """Whether ``text`` can be written as a module key meaning exactly that module (no
+    ``pkg.*`` wildcard): what `policy init` may write for a global a file imports."""
+    return _MODULE_RE.match(text) is not None and not text.endswith(".*")
+
+
+def is_exact_name(text: str) -> bool:
+    """Whether ``text`` can be listed as a name meaning exactly that name (never ``"*"``)."""
+    return bool(text) and text != "*" and not any(c.isspace() for c in text)
+
+
 def _finish(source: str, b: _Builder) -> Policy:
     return Policy(source=source, allow=tuple(b.allow), deny=tuple(b.deny), rules=tuple(b.rules),
                   approved=tuple(b.approved),
