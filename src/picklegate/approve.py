@@ -107,8 +107,11 @@ def _into(text: str, key: yaml.Node, value: yaml.Node, new: NewApproval,
     dash = key.start_mark.column + 2
     if _is_empty(value):
         # "approved:", "approved: ~" or "approved: []": drop the value, the list goes under it.
-        at = _after_line(text, value.end_mark.index)
-        edits = [_Edit(value.start_mark.index, value.end_mark.index, "")]
+        start, end = value.start_mark.index, value.end_mark.index
+        at = _after_line(text, end)
+        if not text[end:at].strip():         # nothing after it: no trailing blank either
+            start = len(text[:start].rstrip(" "))
+        edits = [_Edit(start, end, "")]
         return edits + [_Edit(at, at, _lead(text, at, nl) + _item(new, dash, dash + 2, nl))], False
     if not isinstance(value, yaml.SequenceNode) or value.flow_style:
         raise UsageError("approved: is written as a flow list ([...]); write it as a block "

@@ -328,7 +328,23 @@ def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
     else:
         policy = _policy_at(gitio.verify_revision(root, rng.base), rng.base, args.policy, root,
                             err)
+        for path in _policy_changes(root, rng, args.policy, policy):
+            print(f"picklegate: note: {safe(path)} changes in {safe(rng.spec())}, but this "
+                  f"scan used it as it is at {safe(rng.base)}: the policy comes from the base "
+                  "commit so that a pull request cannot approve itself. Merge the policy "
+                  "change first, or run with --policy-from head locally to try it", file=err)
     return gitio.diff_sources(root, rng, store), policy
+
+
+def _policy_changes(root: Path, rng: gitio.Range, explicit: str | None,
+                    policy: Policy) -> list[str]:
+    """Policy files (the one scan looks for and the files it extends) that differ between
+    the base and the head of the range: changes this scan did not use."""
+    names = [_repo_relative(explicit, root)] if explicit else list(POLICY_NAMES)
+    names += [f for f in policy.files if not f.startswith("<") and f not in names]
+    return [path for path in names
+            if gitio.read_text_at(root, rng.base, path) != gitio.read_text_at(root, rng.head,
+                                                                                path)]
 
 
 def _policy_at(commit: str, label: str, explicit: str | None, root: Path,
