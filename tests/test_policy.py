@@ -102,7 +102,9 @@ ERRORS = [
     ("version-2", "version: 2\n",
      1, 10, "unsupported policy version '2'"),
     ("version-string", "version: '1'\n",
-     1, 10, "unsupported policy version '1'"),
+     1, 10, "version must be an unquoted integer: write 'version: 1', without quotes"),
+    ("version-string-double-quoted", 'version: "1"\n',
+     1, 10, "version must be an unquoted integer"),
     ("version-float", "version: 1.0\n",
      1, 10, "unsupported policy version '1.0'"),
     ("policy-is-a-list", "- version: 1\n",
@@ -168,6 +170,68 @@ def test_policy_error_position(tmp_path: Path, text: str, line: int, column: int
     assert (info.value.path, info.value.line, info.value.column) == (str(path), line, column)
     assert str(info.value).startswith(f"{path}:{line}:{column}: ")
     assert message in info.value.message
+
+
+@pytest.mark.parametrize("text,line,column,message", [
+    ("version: 1\nalow:\n  os: [getcwd]\n", 2, 1,
+     "unknown key 'alow' in the policy; did you mean 'allow'? expected one of: version, "),
+    ("version: 1\nallow:\n  os:\n    - {name: a, expire: 2027-01-01}\n", 4, 17,
+     "unknown key 'expire' in an entry of allow.os; did you mean 'expires'?"),
+    ("version: 1\nrules:\n  - path: [a]\n", 3, 5,
+     "unknown key 'path' in a rule; did you mean 'paths'?"),
+    (f"version: 1\napproved:\n  - path: a\n    sha: {SHA_A}\n    reason: r\n", 4, 5,
+     "unknown key 'sha' in an approval; did you mean 'sha256'?"),
+    ("version: 1\nextends: [pytorch]\n", 2, 11,
+     "unknown preset 'pytorch'; did you mean 'torch'?"),
+    ("version: 1\nzzz: 1\n", 2, 1, "unknown key 'zzz' in the policy; expected one of"),
+], ids=["top", "entry", "rule", "approval", "preset", "no-close-match"])
+def test_unknown_keys_suggest_the_closest_allowed_key(tmp_path: Path, text: str, line: int,
+                                                       column: int, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        load(tmp_path, text)
+    assert any((e.line, e.column) == (line, column) and e.message.startswith(message)
+               for e in info.value.errors)
+
+
+def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
+    text = ("version: '1'\n"                                   # 1
+            "alow:\n  os: [getcwd]\n"                         # 2-3
+            "allow:\n"                                         # 4
+            "  os: getcwd\n"                                   # 5
+            "  collections: [OrderedDict, 5]\n"                # 6
+            "  bad module: [x]\n"                              # 7
+            "  fine: [ok]\n"                                   # 8
+            "  fine: [again]\n"                                # 9
+            "unknown_formats: maybe\n"                         # 10
+            "approved:\n  - {path: a, sha256: abc, reason: r}\n"   # 11-12
+            "  - {path: b}\n")                                 # 13
+    path = write(tmp_path, "policy.yaml", text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    got = [(e.line, e.column, e.message.split(";")[0]) for e in info.value.errors]
+    assert got == [
+        (1, 10, "version must be an unquoted integer: write 'version: 1', without quotes "
+                "(it is the string '1' here)"),
+        (2, 1, "unknown key 'alow' in the policy"),
+        (5, 7, 'allow.os must be a list of names or "*"'),
+        (6, 30, "a name in allow.collections must be a string"),
+        (7, 3, "'bad module' is not a module name"),
+        (9, 3, "duplicate key 'fine' in allow (first on line 8)"),
+        (10, 18, "unknown_formats must be one of: fail, allow"),
+        (12, 23, "sha256 must be 64 hexadecimal digits (the output of sha256sum on the file)"),
+        (13, 5, "an approval needs 'sha256' and 'reason'"),
+    ]
+    assert str(info.value).splitlines() == [f"{path}:{e.line}:{e.column}: {e.message}"
+                                            for e in info.value.errors]
+
+
+def test_errors_across_extended_files_are_reported_together(tmp_path: Path) -> None:
+    base = write(tmp_path, "base.yaml", "version: 1\nallow:\n  os: [a]\n  bogus key: [b]\n")
+    top = write(tmp_path, "top.yaml", "version: 1\nextends: [base.yaml, nope]\ndeny: []\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(top)
+    assert [(e.path, e.line, e.column) for e in info.value.errors] == [
+        (str(top), 2, 22), (str(top), 3, 7), (str(base), 4, 3)]
 
 
 def test_duplicate_keys_are_errors_although_pyyaml_overwrites(tmp_path: Path) -> None:
@@ -530,7 +594,7 @@ def test_policy_example_loads() -> None:
     example = Path(__file__).resolve().parents[1] / "policy.example.yaml"
     policy = load_policy(example)
     assert policy.unknown_formats == "fail" and policy.lfs_pointers == "fail"
-    assert policy.rules and policy.approved
+    assert policy.rules and not policy.approved      # an approval of a missing file would warn
     assert any(e.expires is not None and e.reason for e in policy.allow)
     assert any(e.subtree and e.star for e in policy.allow)
     assert policy.decide("os", "system", today=TODAY).verdict is Verdict.DENIED

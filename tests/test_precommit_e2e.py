@@ -154,5 +154,6 @@ def test_policy_hook_refuses_a_gadget_in_the_policy(project: tuple[Path, dict[st
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output
     assert "picklegate policy is valid" in output and "Failed" in output
-    assert ".picklegate.yaml:4:3: allow entry builtins: [dict, eval] admits builtins.eval" in output
+    assert (".picklegate.yaml:4:3: gadget: allow entry builtins: [dict, eval] admits 1 known "
+            "code-execution gadget: builtins.eval") in output
     assert commits(work, env) == before

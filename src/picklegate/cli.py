@@ -1,31 +1,36 @@
 """Command line: parses arguments, wires the stages together, maps errors to exit codes.
 
-Exit codes: 0 every file clean, 1 at least one finding, 2 usage/policy/IO error (2 wins).
+Exit codes: 0 every file clean, 1 at least one finding, 2 usage/policy/IO error (2 wins);
+each command's --help epilog says what they mean for it (README "Exit codes" too).
 This is the only module that prints, reads the environment or exits.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import errno
 import io
 import os
 import re
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
-from picklegate import __version__, gitio
-from picklegate.errors import PicklegateError, UsageError
+from picklegate import __version__, gitio, policy_init
+from picklegate.approve import NewApproval, approve_text, file_sha256
+from picklegate.errors import PicklegateError, PolicyError, UsageError
 from picklegate.findings import ScanResult, Status
-from picklegate.policy import Policy, default_policy, load_policy, utc_today
+from picklegate.policy import Policy, default_policy, load_policy, preset_names, utc_today
+from picklegate.policyfile import replace_file, validated
 from picklegate.report import FORMATS, reporter
 from picklegate.report.github import write_step_summary
 from picklegate.report.text import safe
-from picklegate.review import review
+from picklegate.review import load_gadgets, review
 from picklegate.scan import scan_sources
-from picklegate.sources import Source, file_sources, without_excluded
+from picklegate.sources import Source, file_sources, relative_to_root, without_excluded
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 MACHINE_FORMATS = ("json", "sarif")     # stdout is one document, nothing else
@@ -46,16 +51,119 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"picklegate {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    _scan_parser(commands.add_parser("scan", help="scan model files (the pre-commit hook entry)"))
-    policy = commands.add_parser("policy", help="work with policy files")
+    _scan_parser(commands.add_parser("scan", help="scan model files (the pre-commit hook entry)",
+                                     epilog=SCAN_EPILOG, formatter_class=_Raw))
+    policy = commands.add_parser("policy", help="work with policy files",
+                                 epilog=POLICY_EPILOG, formatter_class=_Raw)
     policy_commands = policy.add_subparsers(dest="policy_command", metavar="COMMAND",
                                             parser_class=_Parser)
     policy_commands.required = True
+    _policy_parsers(policy_commands)
+    _approve_parser(commands.add_parser(
+        "approve", help="approve one file by its sha256 in the policy", epilog=APPROVE_EPILOG,
+        formatter_class=_Raw))
+    return parser
+
+
+_Raw = argparse.RawDescriptionHelpFormatter
+SCAN_EPILOG = """\
+examples:
+  picklegate scan models/                  search a directory for model files
+  picklegate scan --staged                 what the next commit contains (pre-commit)
+  picklegate scan --diff origin/main...HEAD --format sarif --output picklegate.sarif
+
+exit codes:
+  0  every file is clean
+  1  at least one finding
+  2  usage, policy, git or I/O error, or a file could not be read (2 wins over 1)
+"""
+POLICY_EPILOG = """\
+examples:
+  picklegate policy init                   write .picklegate.yaml from the model files here
+  picklegate policy check                  validate the policy scan would use
+  picklegate policy example > .picklegate.yaml
+
+exit codes: see 'picklegate policy COMMAND --help'
+"""
+CHECK_EPILOG = """\
+examples:
+  picklegate policy check
+  picklegate policy check .picklegate.yaml team/base.yaml
+
+exit codes:
+  0  valid, and nothing for a reviewer to look at
+  1  valid, with warnings: an entry admits a known gadget ("gadget"), an entry or approval
+     has expired ("expired"), an approval names a missing file ("stale-approval")
+  2  invalid: every error is printed as file:line:col: what is wrong and how to fix it
+"""
+INIT_EPILOG = """\
+examples:
+  picklegate policy init                   every model file git sees in this work tree
+  picklegate policy init models/ checkpoints/best.pt
+  picklegate policy init --output - | less
+
+exit codes:
+  0  written; every file scanned passes it
+  1  written, but some files still fail and need a reviewer: known gadgets (never allowed),
+     or findings no allow entry fixes; they are listed in comments at the end of the file
+  2  not written (the policy exists and --force was not given, a usage error), or a file
+     could not be read
+"""
+EXAMPLE_EPILOG = """\
+examples:
+  picklegate policy example > .picklegate.yaml
+
+exit codes:
+  0  printed
+"""
+APPROVE_EPILOG = """\
+examples:
+  picklegate approve models/legacy.pkl --reason "reviewed in SEC-123" --owner @ml-platform
+  picklegate approve models/legacy.pkl --reason "until the safetensors export" \\
+      --owner @ml-platform --expires 2027-06-30
+
+The entry pins the file's sha256: changing one byte of the file voids it. Run it again after
+a reviewed change to update the hash (and reason, owner, expiry) in place. The rest of the
+policy file is kept byte for byte. With --diff, scans read the policy from the base commit,
+so merge the approval before the pull request that needs it.
+
+exit codes:
+  0  approved (entry added or updated)
+  2  not written: no policy file, invalid policy, unreadable file, bad date, usage error
+"""
+
+
+def _policy_parsers(policy_commands: argparse._SubParsersAction[_Parser]) -> None:
     check = policy_commands.add_parser(
-        "check", help="validate policies and warn about gadgets, expiry and stale approvals")
+        "check", help="validate policies and warn about gadgets, expiry and stale approvals",
+        epilog=CHECK_EPILOG, formatter_class=_Raw)
     check.add_argument("policies", nargs="*", metavar="POLICY",
                        help="policy files (default: the one scan would use)")
-    return parser
+    init = policy_commands.add_parser(
+        "init", help="write a starting policy from the model files there are now",
+        epilog=INIT_EPILOG, formatter_class=_Raw)
+    init.add_argument("paths", nargs="*", metavar="PATH",
+                      help="files or directories to take the model files from (default: the "
+                           "git work tree, or the current directory outside git)")
+    init.add_argument("--output", metavar="FILE",
+                      help="where to write it (default: .picklegate.yaml at the repository "
+                           "root; '-' prints it)")
+    init.add_argument("--force", action="store_true", help="replace an existing policy file")
+    policy_commands.add_parser(
+        "example", help="print the commented example policy", epilog=EXAMPLE_EPILOG,
+        formatter_class=_Raw)
+
+
+def _approve_parser(approve: argparse.ArgumentParser) -> None:
+    approve.add_argument("file", metavar="FILE", help="the model file to approve")
+    approve.add_argument("--reason", required=True,
+                         help="why this exact file is acceptable (reviewers read it)")
+    approve.add_argument("--owner", required=True, help="who answers for the approval")
+    approve.add_argument("--expires", metavar="YYYY-MM-DD", type=_future_date,
+                         help="last day (UTC) the approval applies")
+    approve.add_argument("--policy", metavar="FILE",
+                         help="policy file to edit (default: .picklegate.yaml at the "
+                              "repository root)")
 
 
 def _scan_parser(scan: argparse.ArgumentParser) -> None:
@@ -92,8 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "policy":
-            return run_policy_check(args, out, sys.stderr)
+            return run_policy(args, out, sys.stderr)
+        if args.command == "approve":
+            return run_approve(args, sys.stderr)
         return run_scan(args, out, sys.stderr)
+    except PolicyError as exc:         # every problem of the policy, one per line
+        for line in exc.lines():
+            _say(f"picklegate: error: {line}")
+        return EXIT_ERROR
     except PicklegateError as exc:
         _say(f"picklegate: error: {exc}")
         return EXIT_ERROR
@@ -212,7 +326,23 @@ def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
     else:
         policy = _policy_at(gitio.verify_revision(root, rng.base), rng.base, args.policy, root,
                             err)
+        for path in _policy_changes(root, rng, args.policy, policy):
+            print(f"picklegate: note: {safe(path)} changes in {safe(rng.spec())}, but this "
+                  f"scan used it as it is at {safe(rng.base)}: the policy comes from the base "
+                  "commit so that a pull request cannot approve itself. Merge the policy "
+                  "change first, or run with --policy-from head locally to try it", file=err)
     return gitio.diff_sources(root, rng, store), policy
+
+
+def _policy_changes(root: Path, rng: gitio.Range, explicit: str | None,
+                    policy: Policy) -> list[str]:
+    """Policy files (the one scan looks for and the files it extends) that differ between
+    the base and the head of the range: changes this scan did not use."""
+    names = [_repo_relative(explicit, root)] if explicit else list(POLICY_NAMES)
+    names += [f for f in policy.files if not f.startswith("<") and f not in names]
+    return [path for path in names
+            if gitio.read_text_at(root, rng.base, path) != gitio.read_text_at(root, rng.head,
+                                                                                path)]
 
 
 def _policy_at(commit: str, label: str, explicit: str | None, root: Path,
@@ -318,7 +448,119 @@ def exit_code(result: ScanResult) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# policy check
+# policy check, init, example; approve
+
+
+def run_policy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.policy_command == "init":
+        return run_policy_init(args, out, err)
+    if args.policy_command == "example":
+        out.write(example_policy())
+        return EXIT_CLEAN
+    return run_policy_check(args, out, err)
+
+
+def example_policy() -> str:
+    """The commented example, shipped as package data (the repository root holds a copy that
+    tests keep identical)."""
+    return (resources.files("picklegate") / "data" / "policy.example.yaml").read_text("utf-8")
+
+
+def run_policy_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    here = current_dir()
+    root = find_root(here)
+    target = args.output or os.path.relpath((root or here) / POLICY_NAMES[0])
+    if target != "-" and os.path.lexists(target) and not args.force:
+        raise UsageError(f"{target} already exists; edit it, or pass --force to replace it")
+    sources = file_sources(args.paths or [os.path.relpath(root or here)], root,
+                           gitio.work_tree_files)
+    results = policy_init.inventory(sources)
+    plan = policy_init.plan(results, load_gadgets(), policy_init.preset_policies(preset_names()))
+    text = policy_init.render(plan, utc_today())
+    problems = review(validated(target if target != "-" else POLICY_NAMES[0], text),
+                      utc_today(), root or here)
+    if problems:                         # a bug: init must never write what check refuses
+        raise PicklegateError(f"the generated policy fails policy check: {problems[0]}")
+    if target == "-":
+        out.write(text)
+    else:
+        replace_file(target, text)
+    _init_summary(plan, target, err)
+    if plan.unreadable:
+        return EXIT_ERROR
+    return EXIT_FINDINGS if plan.needs_review else EXIT_CLEAN
+
+
+def _init_summary(plan: policy_init.Plan, target: str, err: TextIO) -> None:
+    where = "the policy" if target == "-" else target
+    print(f"picklegate: wrote {where} from {plan.files} model file(s): "
+          f"{len(plan.presets)} preset(s), {len(plan.allow)} global(s) allowed exactly",
+          file=err)
+    if plan.gadgets:
+        files = len({f for g in plan.gadgets for f in g.usage.files})
+        print(f"picklegate: {len(plan.gadgets)} known gadget(s) in {files} file(s) were NOT "
+              "allowed; review the list at the end of the policy", file=err)
+    if plan.unwritable or plan.failing:
+        print("picklegate: some files will still fail; see the comments at the end of the "
+              "policy", file=err)
+    for path, why in plan.unreadable:
+        print(f"picklegate: error: {safe(path)}: {safe(why)}", file=err)
+
+
+def _future_date(text: str) -> dt.date:
+    try:
+        if len(text) != 10:
+            raise ValueError
+        date = dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date written YYYY-MM-DD") from None
+    if date < utc_today():
+        raise argparse.ArgumentTypeError(f"{text} is in the past; an approval must expire "
+                                         "after today")
+    return date
+
+
+def run_approve(args: argparse.Namespace, err: TextIO) -> int:
+    here = current_dir()
+    root = find_root(here) or here
+    policy_path = args.policy or _existing_policy(root)
+    relpath = relative_to_root(args.file, root)
+    if relpath is None:
+        raise UsageError(f"{args.file} is outside the repository ({root})")
+    for value, what in ((args.reason, "--reason"), (args.owner, "--owner")):
+        if not value.strip() or not _encodable(value):
+            raise UsageError(f"{what} must be readable text")
+    new = NewApproval(relpath, file_sha256(args.file), args.reason, args.owner, args.expires)
+    load_policy(policy_path)             # the policy as it is must be valid before it is edited
+    try:
+        text = Path(policy_path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {policy_path}: {exc}") from None
+    edited, updated = approve_text(text, new)
+    policy = validated(policy_path, edited)
+    if not any(a.path == relpath and a.sha256 == new.sha256 for a in policy.approved):
+        raise PicklegateError(f"the edited policy does not approve {relpath}; nothing written")
+    replace_file(policy_path, edited)
+    print(f"picklegate: {'updated' if updated else 'added'} the approval of {safe(relpath)} "
+          f"(sha256 {new.sha256}) in {policy_path}; get it reviewed and merged before the "
+          "change that needs it", file=err)
+    return EXIT_CLEAN
+
+
+def _existing_policy(root: Path) -> str:
+    for name in POLICY_NAMES:
+        if (root / name).is_file():
+            return os.path.relpath(root / name)
+    raise UsageError(f"no {POLICY_NAMES[0]} at {root}; run 'picklegate policy init' first, "
+                     "or pass --policy FILE")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -11,19 +11,23 @@ CPython's find_class would import (after Python 2 mapping, see names.py):
 * ``deny`` has the same shape and always wins, over presets and path rules too; there
   ``"*"`` covers dotted names as well, and a denied name covers what is reached through it.
 
-Every error is a :class:`PolicyError` carrying ``file:line:column``.
+Validation does not stop at the first problem: every error of a policy (and of the files it
+extends) is collected, each with its ``file:line:column`` and a way to fix it, and raised as
+one :class:`PolicyError` that carries them all.
 """
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import yaml
 
@@ -221,10 +225,15 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class _Node:
-    """Helpers over PyYAML nodes that raise PolicyError at the node's position."""
+    """Helpers over PyYAML nodes that report PolicyErrors at the node's position.
 
-    def __init__(self, path: str) -> None:
+    Problems go to ``problems`` (shared by every file of one load) so that one run reports
+    all of them; a helper raises only when the value it was asked for cannot be produced, and
+    the caller's ``collect()`` block records that and moves on to the next entry."""
+
+    def __init__(self, path: str, problems: list[PolicyError] | None = None) -> None:
         self.path = path
+        self.problems: list[PolicyError] = [] if problems is None else problems
 
     def error(self, node: yaml.Node | None, message: str) -> PolicyError:
         if node is None:
@@ -232,29 +241,47 @@ class _Node:
         mark = node.start_mark
         return PolicyError(self.path, mark.line + 1, mark.column + 1, message)
 
+    def report(self, node: yaml.Node | None, message: str) -> None:
+        self.problems.append(self.error(node, message))
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        """Record a PolicyError raised inside the block and carry on after it."""
+        try:
+            yield
+        except PolicyError as exc:
+            self.problems.extend(exc.errors)
+
     def origin(self, node: yaml.Node) -> Origin:
         return Origin(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
 
     def mapping(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The pairs of a mapping; a non-string or repeated key is reported and left out."""
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, f"{what} must be a mapping")
         seen: dict[str, yaml.Node] = {}
-        for key, _ in node.value:
-            text = self.string(key, f"a key of {what}")
-            if text in seen:
-                first = seen[text].start_mark.line + 1
-                raise self.error(key, f"duplicate key {text!r} in {what} (first on line {first}); "
-                                      "merge the two entries")
-            seen[text] = key
-        return list(node.value)
+        pairs = []
+        for key, value in node.value:
+            with self.collect():
+                text = self.string(key, f"a key of {what}")
+                if text in seen:
+                    first = seen[text].start_mark.line + 1
+                    self.report(key, f"duplicate key {text!r} in {what} (first on line {first}); "
+                                     "merge the two entries")
+                    continue
+                seen[text] = key
+                pairs.append((key, value))
+        return pairs
 
     def keys(self, node: yaml.Node, allowed: Iterable[str], what: str) -> dict[str, yaml.Node]:
         allowed = tuple(allowed)
         result: dict[str, yaml.Node] = {}
         for key, value in self.mapping(node, what):
             if key.value not in allowed:
-                raise self.error(key, f"unknown key {key.value!r} in {what}; "
-                                      f"expected one of: {', '.join(allowed)}")
+                self.report(key, f"unknown key {key.value!r} in {what}; "
+                                 f"{did_you_mean(key.value, allowed)}expected one of: "
+                                 f"{', '.join(allowed)}")
+                continue
             result[key.value] = value
         return result
 
@@ -278,6 +305,12 @@ class _Node:
         raise self.error(node, f"{what} must be a date written YYYY-MM-DD")
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """"did you mean 'allow'? " for a near miss of one of ``choices``, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 @dataclass
 class _Builder:
     allow: list[Entry] = field(default_factory=list)
@@ -287,6 +320,16 @@ class _Builder:
     settings: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    problems: list[PolicyError] = field(default_factory=list)
+
+    def raise_problems(self) -> None:
+        """One PolicyError carrying every problem found, file by file in the order they were
+        opened (the policy itself first), each file's problems by position."""
+        if not self.problems:
+            return
+        order = {path: i for i, path in reversed(list(enumerate(self.files)))}
+        self.problems.sort(key=lambda e: (order.get(e.path, -1), e.line or 0, e.column or 0))
+        raise PolicyError.collected(self.problems)
 
 
 # Reads a policy file by path: its text, or None when there is no such file. The default reads
@@ -311,13 +354,17 @@ def load_policy(path: str | Path, read: PolicyReader = read_policy_file,
     if text is None:
         raise PolicyError(str(path), None, None, "cannot read policy: no such file")
     _load_file(str(path), text, builder, (), read)
+    builder.raise_problems()
     return _finish(source or str(path), builder)
 
 
 def load_presets(names: Iterable[str], source: str) -> Policy:
     builder = _Builder()
+    reader = _Node(source, builder.problems)
     for name in names:
-        _load_preset(name, builder, stack=(), node=None, reader=_Node(source))
+        with reader.collect():
+            _load_preset(name, builder, stack=(), node=None, reader=reader)
+    builder.raise_problems()
     return _finish(source, builder)
 
 
@@ -328,6 +375,17 @@ def default_policy() -> Policy:
 def preset_names() -> list[str]:
     folder = resources.files("picklegate") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def is_module_name(text: str) -> bool:
+    """Whether ``text`` can be written as a module key meaning exactly that module (no
+    ``pkg.*`` wildcard): what `policy init` may write for a global a file imports."""
+    return _MODULE_RE.match(text) is not None and not text.endswith(".*")
+
+
+def is_exact_name(text: str) -> bool:
+    """Whether ``text`` can be listed as a name meaning exactly that name (never ``"*"``)."""
+    return bool(text) and text != "*" and not any(c.isspace() for c in text)
 
 
 def _finish(source: str, b: _Builder) -> Policy:
@@ -366,9 +424,9 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
         raise reader.error(node, f"extends cycle: preset {name!r} extends itself")
     resource = resources.files("picklegate") / "presets" / f"{name}.yaml"
     if not resource.is_file():
-        raise reader.error(node, f"unknown preset {name!r}; available presets: "
-                                 f"{', '.join(preset_names())} "
-                                 "(or a relative path ending in .yaml)")
+        raise reader.error(node, f"unknown preset {name!r}; {did_you_mean(name, preset_names())}"
+                                 f"available presets: {', '.join(preset_names())} (or a relative "
+                                 "path ending in .yaml)")
     display = f"<preset {name}>"
     b.files.append(display)
     _load_text(resource.read_text(encoding="utf-8"), display, None, b, stack + (key,), None)
@@ -376,37 +434,111 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
 
 def _load_text(text: str, display: str, folder: str | None, b: _Builder,
                stack: tuple[str, ...], read: PolicyReader | None) -> None:
-    r = _Node(display)
+    r = _Node(display, b.problems)
     root = _read_yaml(text, display)
     top = r.keys(root, TOP_KEYS, "the policy")
-    if "version" not in top:
-        raise r.error(root, "missing 'version: 1' at the top of the policy")
-    version = top["version"]
-    if not (isinstance(version, yaml.ScalarNode) and version.value == str(SCHEMA_VERSION)
-            and version.tag == "tag:yaml.org,2002:int"):
-        raise r.error(version, f"unsupported policy version {version.value!r}; "
-                               f"this picklegate reads version {SCHEMA_VERSION}")
-    if "description" in top:
-        r.string(top["description"], "description")
-    if "extends" in top:
-        for item in r.sequence(top["extends"], "extends"):
-            _extend(r.string(item, "an extends item"), item, folder, b, stack, r, read)
-    if "allow" in top:
-        b.allow.extend(_table(r, top["allow"], "allow"))
-    if "deny" in top:
-        b.deny.extend(_table(r, top["deny"], "deny"))
-    for key, choices in CHOICES.items():
+    if not _version_ok(r, root, top):
+        return
+    for key in TOP_KEYS:             # a fixed order: extends before this file's own settings
         if key in top:
-            value = r.string(top[key], key)
-            if value not in choices:
-                raise r.error(top[key], f"{key} must be one of: {', '.join(choices)}")
-            b.settings[key] = value
-    if "rules" in top:
-        b.rules.extend(_rule(r, item) for item in r.sequence(top["rules"], "rules"))
-    if "approved" in top:
-        b.approved.extend(_approval(r, item) for item in r.sequence(top["approved"], "approved"))
-    if "exclude" in top:
-        b.exclude.extend(_glob(r, item) for item in r.sequence(top["exclude"], "exclude"))
+            with r.collect():
+                _TOP_LEVEL[key](r, top[key], folder, b, stack, read)
+
+
+def _version_ok(r: _Node, root: yaml.Node, top: dict[str, yaml.Node]) -> bool:
+    """Whether the rest of the file can be read as this schema. A quoted "1" is reported and
+    the file still checked; another version means other keys, so nothing more is said."""
+    version = top.get("version")
+    if version is None:
+        r.report(root, f"missing 'version: {SCHEMA_VERSION}' at the top of the policy; add that "
+                       "line (an unquoted integer)")
+        return True
+    if not isinstance(version, yaml.ScalarNode):
+        r.report(version, f"version must be the integer {SCHEMA_VERSION}: write "
+                          f"'version: {SCHEMA_VERSION}'")
+        return False
+    if version.tag == "tag:yaml.org,2002:int" and version.value == str(SCHEMA_VERSION):
+        return True
+    if version.value == str(SCHEMA_VERSION):
+        r.report(version, f"version must be an unquoted integer: write 'version: "
+                          f"{SCHEMA_VERSION}', without quotes (it is the string "
+                          f"{version.value!r} here)")
+        return True
+    r.report(version, f"unsupported policy version {version.value!r}; this picklegate reads "
+                      f"version {SCHEMA_VERSION} (an unquoted integer); the rest of the file "
+                      "was not checked")
+    return False
+
+
+_Reader = Callable[[_Node, yaml.Node, "str | None", _Builder, "tuple[str, ...]",
+                    "PolicyReader | None"], None]
+
+
+def _top_version(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                 stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    """Checked first, by _version_ok."""
+
+
+def _top_description(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                     stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    r.string(node, "description")
+
+
+def _top_extends(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                 stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    for item in r.sequence(node, "extends"):
+        with r.collect():
+            _extend(r.string(item, "an extends item"), item, folder, b, stack, r, read)
+
+
+def _top_allow(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+               stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    b.allow.extend(_table(r, node, "allow"))
+
+
+def _top_deny(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+              stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    b.deny.extend(_table(r, node, "deny"))
+
+
+def _top_choice(key: str) -> _Reader:
+    def read_choice(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                    stack: tuple[str, ...], read: PolicyReader | None) -> None:
+        value = r.string(node, key)
+        if value not in CHOICES[key]:
+            raise r.error(node, f"{key} must be one of: {', '.join(CHOICES[key])}")
+        b.settings[key] = value
+    return read_choice
+
+
+def _top_rules(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+               stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    for item in r.sequence(node, "rules"):
+        with r.collect():
+            b.rules.append(_rule(r, item))
+
+
+def _top_approved(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                  stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    for item in r.sequence(node, "approved"):
+        with r.collect():
+            b.approved.append(_approval(r, item))
+
+
+def _top_exclude(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                 stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    for item in r.sequence(node, "exclude"):
+        with r.collect():
+            b.exclude.append(_glob(r, item))
+
+
+# One reader per top-level key, applied in TOP_KEYS order whatever order the file writes them
+# in, so a file's own settings always override those of the files it extends.
+_TOP_LEVEL: dict[str, _Reader] = {
+    "version": _top_version, "description": _top_description, "extends": _top_extends,
+    "allow": _top_allow, "deny": _top_deny, "rules": _top_rules, "approved": _top_approved,
+    "exclude": _top_exclude, **{key: _top_choice(key) for key in CHOICES}}
+assert set(_TOP_LEVEL) == set(TOP_KEYS)
 
 
 def _glob(r: _Node, node: yaml.Node) -> str:
@@ -437,11 +569,12 @@ def _extend(target: str, node: yaml.Node, folder: str | None, b: _Builder,
 def _table(r: _Node, node: yaml.Node, what: str) -> list[Entry]:
     entries: list[Entry] = []
     for key, value in r.mapping(node, what):
-        module = r.string(key, f"a module in {what}")
-        if not _MODULE_RE.match(module):
-            raise r.error(key, f"{module!r} is not a module name; write 'package.module', or "
-                               "'package.*' for a package and all its submodules")
-        entries.extend(_entries(r, key, module, value, what))
+        with r.collect():
+            module = r.string(key, f"a module in {what}")
+            if not _MODULE_RE.match(module):
+                raise r.error(key, f"{module!r} is not a module name; write 'package.module', "
+                                   "or 'package.*' for a package and all its submodules")
+            entries.extend(_entries(r, key, module, value, what))
     return entries
 
 
@@ -458,22 +591,31 @@ def _entries(r: _Node, key: yaml.Node, module: str, value: yaml.Node, what: str)
     plain: set[str] = set()
     extra: list[Entry] = []
     for item in r.sequence(value, f"{what}.{module}"):
-        if isinstance(item, yaml.MappingNode):
-            meta = r.keys(item, ENTRY_KEYS, f"an entry of {what}.{module}")
-            if "name" not in meta:
-                raise r.error(item, f"an entry of {what}.{module} needs 'name'")
-            name = _name(r, meta["name"], what, module)
-            if "owner" in meta:
-                r.string(meta["owner"], "owner")
-            extra.append(Entry(
-                base, subtree, name == "*", frozenset() if name == "*" else frozenset({name}),
-                r.origin(item),
-                reason=r.string(meta["reason"], "reason") if "reason" in meta else None,
-                expires=r.date(meta["expires"], "expires") if "expires" in meta else None))
-        else:
-            plain.add(_name(r, item, what, module))
+        with r.collect():
+            if isinstance(item, yaml.MappingNode):
+                extra.append(_meta_entry(r, item, base, subtree, what, module))
+            else:
+                plain.add(_name(r, item, what, module))
     entries = [Entry(base, subtree, "*" in plain, frozenset(plain - {"*"}), r.origin(key))]
     return (entries if plain else []) + extra
+
+
+def _meta_entry(r: _Node, item: yaml.Node, base: str, subtree: bool, what: str,
+                module: str) -> Entry:
+    meta = r.keys(item, ENTRY_KEYS, f"an entry of {what}.{module}")
+    if "name" not in meta:
+        raise r.error(item, f"an entry of {what}.{module} needs 'name'")
+    name = _name(r, meta["name"], what, module)
+    if "owner" in meta:
+        with r.collect():
+            r.string(meta["owner"], "owner")
+    reason = expires = None
+    with r.collect():
+        reason = r.string(meta["reason"], "reason") if "reason" in meta else None
+    with r.collect():
+        expires = r.date(meta["expires"], "expires") if "expires" in meta else None
+    return Entry(base, subtree, name == "*", frozenset() if name == "*" else frozenset({name}),
+                 r.origin(item), reason=reason, expires=expires)
 
 
 def _name(r: _Node, node: yaml.Node, what: str, module: str) -> str:
@@ -491,9 +633,14 @@ def _rule(r: _Node, node: yaml.Node) -> PathRule:
     if not paths:
         raise r.error(keys["paths"], "a rule needs at least one path")
     if "reason" in keys:
-        r.string(keys["reason"], "reason")
-    allow = tuple(_table(r, keys["allow"], "allow")) if "allow" in keys else ()
-    deny = tuple(_table(r, keys["deny"], "deny")) if "deny" in keys else ()
+        with r.collect():
+            r.string(keys["reason"], "reason")
+    allow: tuple[Entry, ...] = ()
+    deny: tuple[Entry, ...] = ()
+    with r.collect():
+        allow = tuple(_table(r, keys["allow"], "allow")) if "allow" in keys else ()
+    with r.collect():
+        deny = tuple(_table(r, keys["deny"], "deny")) if "deny" in keys else ()
     return PathRule(paths, allow, deny, r.origin(node))
 
 
@@ -502,9 +649,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 def _approval(r: _Node, node: yaml.Node) -> Approval:
     keys = r.keys(node, APPROVAL_KEYS, "an approval")
-    for required in ("path", "sha256", "reason"):
-        if required not in keys:
-            raise r.error(node, f"an approval needs '{required}'")
+    missing = [k for k in ("path", "sha256", "reason") if k not in keys]
+    if missing:
+        raise r.error(node, f"an approval needs {' and '.join(repr(k) for k in missing)}; "
+                            "`picklegate approve FILE --reason ... --owner ...` writes one")
     # The raw scalar text: an unquoted digest made only of digits (or digits and one "e")
     # would otherwise be read by YAML as a number.
     digest_node = keys["sha256"]

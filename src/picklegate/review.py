@@ -1,8 +1,10 @@
 """`picklegate policy check`: what a reviewer must look at in a policy beyond its schema.
 
 * allow entries (and wildcards) that admit a known code-execution gadget, from the curated
-  list in data/gadgets.yaml;
-* allow entries and approvals that have expired;
+  list in data/gadgets.yaml: one problem per entry, listing every gadget it admits (a wildcard
+  that admits thirty gadgets is one thing to fix, not thirty);
+* allow entries and approvals that have expired (their own kind: expiry is routine upkeep, a
+  gadget is a hole);
 * approvals of files that no longer exist.
 
 Returns values; cli.py prints them.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 
@@ -35,13 +38,24 @@ class Gadget:
         return self.module[:-2] if self.subtree else self.module
 
 
+class ProblemKind(str, Enum):
+    GADGET = "gadget"                    # an allow entry admits a known gadget
+    EXPIRED = "expired"                  # an allow entry or approval is past its date
+    STALE_APPROVAL = "stale-approval"    # an approval names a file that is not there
+
+
 @dataclass(frozen=True)
 class Problem:
     origin: Origin | None
     message: str
+    kind: ProblemKind = ProblemKind.GADGET
+    # Indented lines under the first: for a gadget problem, the gadgets and why each is one.
+    details: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.origin}: {self.message}" if self.origin else self.message
+        head = f"{self.kind.value}: {self.message}"
+        head = f"{self.origin}: {head}" if self.origin else head
+        return "\n".join([head, *(f"    {line}" for line in self.details)])
 
 
 def load_gadgets() -> list[Gadget]:
@@ -81,26 +95,35 @@ def _overlap(entry: Entry, gadget: Gadget) -> str | None:
     return None
 
 
+def gadgets_named(module: str, name: str, gadgets: list[Gadget]) -> list[Gadget]:
+    """The gadgets that the exact global ``module.name`` is (empty for a harmless one)."""
+    exact = Entry(module, False, False, frozenset({name}), Origin("<global>", 0, 0))
+    return [g for g in gadgets if admitted(exact, g)]
+
+
 def review(policy: Policy, today: dt.date, root: Path,
            gadgets: list[Gadget] | None = None) -> list[Problem]:
     gadgets = load_gadgets() if gadgets is None else gadgets
     problems: list[Problem] = []
     for entry in _reviewable(policy):
-        for gadget in gadgets:
-            for found in admitted(entry, gadget):
-                if _denied(policy, found):
-                    continue
-                problems.append(Problem(entry.origin, _gadget_message(entry, found, gadget)))
+        found = [(dotted, gadget) for gadget in gadgets for dotted in admitted(entry, gadget)
+                 if not _denied(policy, dotted)]
+        if found:
+            problems.append(_gadget_problem(entry, found))
         if entry.expired(today):
             problems.append(Problem(entry.origin, f"allow entry {entry.pattern} expired on "
-                                                  f"{entry.expires}; renew or remove it"))
+                                                  f"{entry.expires}; renew it with a new date "
+                                                  "or remove it", ProblemKind.EXPIRED))
     for approval in policy.approved:
         if approval.expires is not None and today > approval.expires:
             problems.append(Problem(approval.origin, f"approval of {approval.path} expired on "
-                                                     f"{approval.expires}"))
+                                                     f"{approval.expires}; review the file again "
+                                                     "and renew it (picklegate approve) or remove "
+                                                     "it", ProblemKind.EXPIRED))
         if not (root / approval.path).is_file():
             problems.append(Problem(approval.origin, f"approval of {approval.path}: no such file "
-                                                     f"under {root}; remove the approval"))
+                                                     f"under {root}; remove the approval",
+                                    ProblemKind.STALE_APPROVAL))
     return sorted(problems, key=lambda p: (str(p.origin.path) if p.origin else "",
                                            p.origin.line if p.origin else 0))
 
@@ -118,8 +141,25 @@ def _reviewable(policy: Policy) -> list[Entry]:
     return [e for e in entries if not e.origin.path.startswith("<preset ")]
 
 
-def _gadget_message(entry: Entry, found: str, gadget: Gadget) -> str:
-    refs = f" (see {gadget.references[0]})" if gadget.references else ""
+def _gadget_problem(entry: Entry, found: list[tuple[str, Gadget]]) -> Problem:
+    """One problem for the entry: the gadgets it admits on the first line (the first few,
+    then how many more), and each group of them with why it is a gadget underneath."""
     names = "*" if entry.star else ", ".join(sorted(entry.names))
-    return (f"allow entry {entry.pattern}: [{names}] admits {found}, a known code-execution "
-            f"gadget: {gadget.why}{refs}. Remove it, or list only the exact harmless names")
+    dotted = list(dict.fromkeys(d for d, _ in found))
+    shown = ", ".join(dotted[:SHOWN]) + (f" and {len(dotted) - SHOWN} more"
+                                         if len(dotted) > SHOWN else "")
+    plural = "s" if len(dotted) > 1 else ""
+    message = (f"allow entry {entry.pattern}: [{names}] admits {len(dotted)} known "
+               f"code-execution gadget{plural}: {shown}. Remove it, or list only the exact "
+               "harmless names")
+    groups: dict[Gadget, list[str]] = {}
+    for d, gadget in found:
+        groups.setdefault(gadget, []).append(d)
+    details = tuple(f"{', '.join(ds)}: {g.why}" + (f" (see {g.references[0]})"
+                                                    if g.references else "")
+                    for g, ds in groups.items())
+    return Problem(entry.origin, message, ProblemKind.GADGET, details)
+
+
+# How many gadget names the first line of a problem shows; the details list all of them.
+SHOWN = 5
