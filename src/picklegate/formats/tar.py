@@ -8,6 +8,7 @@ import tarfile
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context, NotThisFormat, analyse_member
 from picklegate.formats.torch import read_tar_storages, read_tar_tensors
+from picklegate.limits import checkpoint
 from picklegate.machine import Buffer, Fatal
 
 # torch.serialization.legacy_load reads these three; sys_info is written but never read.
@@ -61,6 +62,7 @@ def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
     is_torch = TORCH_TAR_MEMBERS <= set(names)
     seen: set[str] = set()
     for member in members:
+        checkpoint()
         _check(member, seen, start, ctx, analysis)
         if not member.isfile():
             continue
