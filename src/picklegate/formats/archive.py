@@ -206,12 +206,13 @@ class _MemberReader:
             child = self.ctx.child(header.name, base=span.data_start)
             analyse_member(self.buf, span.data_start, span.data_end, child, self.analysis)
             return
-        data = self._inflate(span)
-        if data is not None:
-            self._check_crc(header, _crc(data, 0, len(data)))
+        inflated = self._inflate(span)
+        if inflated is not None:
+            data, crc = inflated
+            self._check_crc(header, crc)
             analyse_member(data, 0, len(data), self.ctx.child(header.name), self.analysis)
 
-    def _inflate(self, span: Span) -> Buffer | None:
+    def _inflate(self, span: Span) -> tuple[Buffer, int] | None:
         header = span.header
         makers: dict[int, Callable[[], Any]] = {
             DEFLATED: lambda: zlib.decompressobj(-15), BZIP2: bz2.BZ2Decompressor,
@@ -257,17 +258,17 @@ def _crc(buf: Buffer, start: int, end: int) -> int:
     return crc
 
 
-def _expand(buf: Buffer, pos: int, end: int, dec: Any, ctx: Context) -> Buffer:
+def _expand(buf: Buffer, pos: int, end: int, dec: Any, ctx: Context) -> tuple[Buffer, int]:
     """Decompress one member against the file's expansion budget (shared with every codec and
-    nesting level), spilled to disk past a few MiB like compressed files (compression.Spill)."""
+    nesting level), spilled to disk past a few MiB like compressed files (compression.Spill);
+    return it with its CRC-32."""
     sink = Spill()
     try:
         expand_stream(buf, pos, end, dec, ctx, sink)
     except BaseException:
         sink.close()
         raise
-    ctx.budget.expanded += sink.size
-    return sink.result()
+    return sink.result(), sink.crc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class Spill:
         self._memory = bytearray()
         self._file: IO[bytes] | None = None
         self.size = 0
+        # CRC-32 of what was written (zip members check it), computed on the way: reading the
+        # spilled bytes back would map every page of them into the process.
+        self.crc = 0
 
     def write(self, data: bytes) -> None:
         if self._file is None and self.size + len(data) > SPILL_AT:
@@ -76,6 +79,7 @@ class Spill:
         else:
             self._file.write(data)
         self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
 
     def truncate(self, size: int) -> None:
         """Drop what was written after ``size`` bytes (a later stream that failed)."""
@@ -85,6 +89,7 @@ class Spill:
             self._file.seek(size)
             self._file.truncate()
         self.size = size
+        self.crc = -1               # no longer known; only multi-stream codecs truncate
 
     def result(self) -> Buffer:
         """The bytes written: bytes when small, else a read-only mmap of the file. The mapping
@@ -120,7 +125,6 @@ def decompress(buf: Buffer, start: int, end: int, make: Callable[[], Decompresso
             except DECODE_ERRORS + _zstd_errors() + (RuntimeError,):   # lz4: see read_lz4
                 sink.truncate(good)
                 break
-        ctx.budget.expanded += sink.size
         return sink.result(), pos
     except BaseException:
         sink.close()
@@ -131,11 +135,12 @@ def expand_stream(buf: Buffer, pos: int, end: int, dec: Decompressor, ctx: Conte
                   sink: Spill) -> int:
     """Decompress one stream from ``pos`` into ``sink``, CHUNK bytes of output at a time;
     return where its compressed data ended. Raises ExpansionLimit before the file's
-    decompressed bytes (``ctx.budget.expanded`` plus what ``sink`` holds) pass the limit."""
+    decompressed bytes (``ctx.budget.expanded``) pass the limit. Every byte produced counts,
+    kept or not: a bomb that ran out of budget leaves none for the next member to spend."""
     pending = b""
     while not dec.eof:
         checkpoint()
-        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - sink.size
+        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded
         if room <= 0:
             raise ExpansionLimit()
         # zlib hands back what it did not consume; bz2/lzma/lz4/zstd buffer it themselves and
@@ -145,7 +150,9 @@ def expand_stream(buf: Buffer, pos: int, end: int, dec: Decompressor, ctx: Conte
                 raise EOFError("compressed data ends before the end of the stream")
             pending = bytes(buf[pos:min(pos + CHUNK, end)])
             pos += len(pending)
-        sink.write(dec.decompress(pending, min(room, CHUNK)))
+        out = dec.decompress(pending, min(room, CHUNK))
+        ctx.budget.expanded += len(out)
+        sink.write(out)
         pending = getattr(dec, "unconsumed_tail", b"")
     return pos - len(dec.unused_data or b"")
 
@@ -181,7 +188,20 @@ def _all_zero(buf: Buffer, start: int, end: int) -> bool:
     for pos in range(start, end, CHUNK):
         if bytes(buf[pos:min(pos + CHUNK, end)]).strip(b"\x00"):
             return False
+        release(buf, pos, min(pos + CHUNK, end))
     return True
+
+
+def release(buf: Buffer, start: int, end: int) -> None:
+    """Unmap pages of a spilled mapping that were read once and are done with, so a pass over
+    a large member does not keep it resident (madvise(2) MADV_DONTNEED: the pages of a shared
+    file mapping are dropped from this process and read again from the file if touched)."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        first = start - start % mmap.PAGESIZE
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, first, end - first)
+        except (OSError, ValueError):
+            pass
 
 
 def _read(codec: str, make: Callable[[], Decompressor], multi: bool,
