@@ -4,15 +4,14 @@ measured in a child process. The files are generated here, small enough to run f
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import hostile
+import pytest
 from formats.conftest import kinds, policy, scan
+
 from picklegate.findings import FindingKind
 from picklegate.formats import compression
 from picklegate.limits import Limits, MemoryBudget, TimeBudget, guarded
@@ -160,10 +159,9 @@ def test_memory_budget_raises_in_a_growing_loop() -> None:
 
 def test_time_budget_interrupts_code_without_checkpoints() -> None:
     """The SIGALRM guard raises inside the opcode machine too, which has no hook."""
-    with pytest.raises(TimeBudget):
-        with guarded(Limits(time_budget=0.2)):
-            while True:
-                pass
+    with pytest.raises(TimeBudget), guarded(Limits(time_budget=0.2)):
+        while True:
+            pass
 
 
 def test_policy_limits_and_cli_overrides() -> None:
@@ -227,3 +225,18 @@ def test_peak_memory_stays_flat(build: str) -> None:
     # 512 MiB decompressed and spilled to disk: the scanner stays near its baseline (~40 MiB
     # with the bomb builder); before, the bytes were held twice in memory.
     assert int(peak_kib) < 160 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# regressions: inputs that once crashed, kept as files (tests/regressions/README.md)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "tests" / "regressions").iterdir()
+                                         if p.name != "README.md"), ids=lambda p: p.name)
+def test_regression(path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "fuzz"))
+    harness.check(path.read_bytes())     # no internal error, within budget, deterministic
