@@ -32,7 +32,7 @@ def test_every_policy_error_is_printed_on_its_own_line(
         "'version: 1', without quotes (it is the string '1' here)",
         "picklegate: error: p.yaml:2:1: unknown key 'alow' in the policy; did you mean "
         "'allow'? expected one of: version, description, extends, allow, deny, rules, "
-        "approved, unknown_formats, lfs_pointers, exclude",
+        "approved, unknown_formats, lfs_pointers, exclude, limits",
         "picklegate: error: p.yaml:4:7: allow.os must be a list of names or \"*\"; write "
         "[getcwd] for a single name",
     ]

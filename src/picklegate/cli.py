@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, NoReturn, Sequence, TextIO, cast
+from typing import Callable, Iterable, NoReturn, Sequence, TextIO, cast
 
 from picklegate import __version__, gitio, policy_init
 from picklegate.approve import NewApproval, approve_text, file_sha256
@@ -29,7 +29,7 @@ from picklegate.report import FORMATS, reporter
 from picklegate.report.github import write_step_summary
 from picklegate.report.text import safe
 from picklegate.review import load_gadgets, review
-from picklegate.scan import scan_sources
+from picklegate.scan import ScanOptions, scan_sources
 from picklegate.sources import Source, file_sources, relative_to_root, without_excluded
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -193,6 +193,29 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                       help="colour text output (auto: only on a terminal, never with NO_COLOR)")
     scan.add_argument("-v", "--verbose", action="store_true",
                       help="also print notes for clean files")
+    scan.add_argument("--time-budget", metavar="SECONDS", type=_positive(float),
+                      help="wall-clock time one file's analysis may take before it ends in a "
+                           "limit-exceeded finding (default: 60; overrides the policy's limits)")
+    scan.add_argument("--memory-budget", metavar="MiB", type=_positive(int),
+                      help="memory one file's analysis may add before it ends in a "
+                           "limit-exceeded finding (default: 512; overrides the policy's limits)")
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+    return parse
+
+
+def _scan_options(args: argparse.Namespace) -> ScanOptions:
+    flags = (("time_budget", args.time_budget), ("memory_budget", args.memory_budget))
+    return ScanOptions(overrides=tuple((k, v) for k, v in flags if v is not None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,13 +284,14 @@ def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             selection, policy = _git_sources(args, top, store, err)
             for note in selection.notes:
                 print(f"picklegate: note: {safe(note)}", file=err)
-            result = scan_sources(_excluding(selection.sources, args, policy), policy)
+            result = scan_sources(_excluding(selection.sources, args, policy), policy,
+                                  _scan_options(args))
     else:
         here = _cwd_or_nothing()        # a deleted current directory: absolute paths still work
         root = find_root(here[0]) if here else None
         policy = resolve_policy(args.policy, root, err)
         sources = file_sources(args.paths or ["."], root, gitio.work_tree_files)
-        result = scan_sources(_excluding(sources, args, policy), policy)
+        result = scan_sources(_excluding(sources, args, policy), policy, _scan_options(args))
     return _report(args, result, out, err)
 
 

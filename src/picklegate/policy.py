@@ -32,11 +32,12 @@ from typing import Callable, Iterable, Iterator
 import yaml
 
 from picklegate.errors import PolicyError
+from picklegate.limits import LIMIT_NAMES
 
 SCHEMA_VERSION = 1
 DEFAULT_PRESETS = ("builtins-safe", "torch", "numpy")
 TOP_KEYS = ("version", "description", "extends", "allow", "deny", "rules", "approved",
-            "unknown_formats", "lfs_pointers", "exclude")
+            "unknown_formats", "lfs_pointers", "exclude", "limits")
 ENTRY_KEYS = ("name", "reason", "owner", "expires")
 RULE_KEYS = ("paths", "allow", "deny", "reason")
 APPROVAL_KEYS = ("path", "sha256", "reason", "owner", "expires")
@@ -92,9 +93,10 @@ class Entry:
         name covers every attribute reached through it (a protocol 4 name "system.__call__")."""
         if not self.covers_module(module):
             return False
-        parts = name.split(".")
-        return self.star or any(".".join(parts[:i]) in self.names
-                                for i in range(1, len(parts) + 1))
+        # Each listed name is a prefix of ``name`` ending at a dot or at its end; checked per
+        # listed name, so a name of 100,000 dotted parts costs one pass, not one join per part.
+        return self.star or any(name == listed or name.startswith(listed + ".")
+                                for listed in self.names)
 
     def expired(self, today: dt.date) -> bool:
         return self.expires is not None and today > self.expires
@@ -147,6 +149,8 @@ class Policy:
     files: tuple[str, ...] = ()       # every policy file read (the file itself and its extends)
     # Git-style globs (as in rules) of paths never scanned: vendored test fixtures and the like.
     exclude: tuple[str, ...] = ()
+    # The `limits:` section: (field of picklegate.limits.Limits, value), in file order.
+    limits: tuple[tuple[str, float], ...] = ()
 
     def decide(self, module: str, name: str, path: str | None = None,
                today: dt.date | None = None) -> Decision:
@@ -321,6 +325,7 @@ class _Builder:
     files: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     problems: list[PolicyError] = field(default_factory=list)
+    limits: dict[str, float] = field(default_factory=dict)
 
     def raise_problems(self) -> None:
         """One PolicyError carrying every problem found, file by file in the order they were
@@ -393,7 +398,8 @@ def _finish(source: str, b: _Builder) -> Policy:
                   approved=tuple(b.approved),
                   unknown_formats=b.settings.get("unknown_formats", "fail"),
                   lfs_pointers=b.settings.get("lfs_pointers", "fail"),
-                  files=tuple(b.files), exclude=tuple(b.exclude))
+                  files=tuple(b.files), exclude=tuple(b.exclude),
+                  limits=tuple(b.limits.items()))
 
 
 def _read_yaml(text: str, display: str) -> yaml.Node:
@@ -532,13 +538,51 @@ def _top_exclude(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
             b.exclude.append(_glob(r, item))
 
 
+def _top_limits(r: _Node, node: yaml.Node, folder: str | None, b: _Builder,
+                stack: tuple[str, ...], read: PolicyReader | None) -> None:
+    b.limits.update(_limits(r, node))
+
+
 # One reader per top-level key, applied in TOP_KEYS order whatever order the file writes them
 # in, so a file's own settings always override those of the files it extends.
 _TOP_LEVEL: dict[str, _Reader] = {
     "version": _top_version, "description": _top_description, "extends": _top_extends,
     "allow": _top_allow, "deny": _top_deny, "rules": _top_rules, "approved": _top_approved,
-    "exclude": _top_exclude, **{key: _top_choice(key) for key in CHOICES}}
+    "exclude": _top_exclude, "limits": _top_limits,
+    **{key: _top_choice(key) for key in CHOICES}}
 assert set(_TOP_LEVEL) == set(TOP_KEYS)
+
+
+def _limits(r: _Node, node: yaml.Node) -> dict[str, float]:
+    """`limits:`, a mapping of picklegate.limits.Limits fields to positive numbers (seconds
+    for time_budget, which may be fractional; MiB for memory_budget; counts and bytes for the
+    rest). A policy that extends another overrides its limits key by key."""
+    out: dict[str, float] = {}
+    for name, value in r.keys(node, LIMIT_NAMES, "limits").items():
+        number = _number(value, allow_float=name == "time_budget")
+        if number is None or number <= 0:
+            kind = "a positive number of seconds" if name == "time_budget" else \
+                "a positive whole number"
+            raise r.error(value, f"limits.{name} must be {kind}")
+        out[name] = number
+    return out
+
+
+def _number(node: yaml.Node, allow_float: bool) -> float | None:
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    if node.tag == "tag:yaml.org,2002:int":
+        try:
+            return int(str(node.value).replace("_", ""), 0)
+        except ValueError:
+            return None
+    if allow_float and node.tag == "tag:yaml.org,2002:float":
+        try:
+            value = float(str(node.value).replace("_", ""))
+        except ValueError:
+            return None
+        return value if value == value and value != float("inf") else None
+    return None
 
 
 def _glob(r: _Node, node: yaml.Node) -> str:

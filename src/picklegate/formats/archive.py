@@ -17,7 +17,6 @@ encryption bits are reported and the bytes scanned.
 from __future__ import annotations
 
 import bz2
-import io
 import lzma
 import struct
 import zlib
@@ -27,9 +26,15 @@ from typing import Any
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context, analyse_member
-from picklegate.formats.compression import CHUNK, ExpansionLimit
+from picklegate.formats.compression import (
+    CHUNK,
+    ExpansionLimit,
+    Spill,
+    expand_stream,
+    expansion_message,
+)
 from picklegate.formats.torch import TorchLayout
-from picklegate.limits import DEFAULT_LIMITS, Limits
+from picklegate.limits import DEFAULT_LIMITS, Limits, checkpoint
 from picklegate.machine import Buffer
 
 LOCAL_SIG = b"PK\x03\x04"
@@ -132,6 +137,7 @@ def read_zip(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
     # data.pkl first: its persistent ids say which data/ records are raw tensor storage.
     for span in sorted(found.spans, key=lambda s: (not layout.is_pickle_member(s.header.name),
                                                    s.data_start)):
+        checkpoint()
         if _exempt(buf, span, found.names[span.key], layout):
             continue
         if ctx.budget.members >= ctx.limits.max_members:
@@ -200,12 +206,13 @@ class _MemberReader:
             child = self.ctx.child(header.name, base=span.data_start)
             analyse_member(self.buf, span.data_start, span.data_end, child, self.analysis)
             return
-        data = self._inflate(span)
-        if data is not None:
-            self._check_crc(header, zlib.crc32(data))
+        inflated = self._inflate(span)
+        if inflated is not None:
+            data, crc = inflated
+            self._check_crc(header, crc)
             analyse_member(data, 0, len(data), self.ctx.child(header.name), self.analysis)
 
-    def _inflate(self, span: Span) -> bytes | None:
+    def _inflate(self, span: Span) -> tuple[Buffer, int] | None:
         header = span.header
         makers: dict[int, Callable[[], Any]] = {
             DEFLATED: lambda: zlib.decompressobj(-15), BZIP2: bz2.BZ2Decompressor,
@@ -220,8 +227,7 @@ class _MemberReader:
             return _expand(self.buf, span.data_start, span.data_end, make(), self.ctx)
         except ExpansionLimit:
             self.finding(FindingKind.LIMIT, header.header_offset,
-                         f"member {header.name!r} expands beyond "
-                         f"{self.ctx.limits.max_expanded_bytes} bytes; not analysed")
+                         expansion_message(f"member {header.name!r}", self.ctx))
         except (EOFError, ValueError, zlib.error, lzma.LZMAError, OSError) as exc:
             self.finding(FindingKind.MALFORMED, header.header_offset,
                          f"member {header.name!r} cannot be decompressed: {exc}")
@@ -252,27 +258,17 @@ def _crc(buf: Buffer, start: int, end: int) -> int:
     return crc
 
 
-def _expand(buf: Buffer, pos: int, end: int, dec: Any, ctx: Context) -> bytes:
-    """Decompress one member against the file's expansion budget.
-
-    io.BytesIO.getvalue() hands back its own buffer without a copy (CPython
-    Modules/_io/bytesio.c), so the member is held once, unlike bytes(bytearray)."""
-    out = io.BytesIO()
-    pending = b""
-    while not dec.eof:
-        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - out.tell()
-        if room <= 0:
-            raise ExpansionLimit()
-        # zlib hands back what it did not consume; bz2/lzma buffer it and say needs_input.
-        if not pending and getattr(dec, "needs_input", True):
-            if pos >= end:
-                raise EOFError("compressed data ends before the end of the stream")
-            pending = bytes(buf[pos:min(pos + CHUNK, end)])
-            pos += len(pending)
-        out.write(dec.decompress(pending, min(room, CHUNK)))
-        pending = getattr(dec, "unconsumed_tail", b"")
-    ctx.budget.expanded += out.tell()
-    return out.getvalue()
+def _expand(buf: Buffer, pos: int, end: int, dec: Any, ctx: Context) -> tuple[Buffer, int]:
+    """Decompress one member against the file's expansion budget (shared with every codec and
+    nesting level), spilled to disk past a few MiB like compressed files (compression.Spill);
+    return it with its CRC-32."""
+    sink = Spill()
+    try:
+        expand_stream(buf, pos, end, dec, ctx, sink)
+    except BaseException:
+        sink.close()
+        raise
+    return sink.result(), sink.crc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,12 +9,16 @@ inside an archive), and the format reads "inner+codec".
 from __future__ import annotations
 
 import bz2
+import contextlib
 import lzma
+import mmap
+import tempfile
 import zlib
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context, NotThisFormat, analyse_member
+from picklegate.limits import checkpoint, how_to_raise
 from picklegate.machine import Buffer
 
 CHUNK = 1 << 20
@@ -49,33 +53,95 @@ class ExpansionLimit(Exception):
     pass
 
 
+# Decompressed data up to this size stays in memory; beyond it, it goes to an unlinked
+# temporary file that the analysis reads through a read-only mmap, so the memory a bomb costs
+# is flat (sources.py spools large input files the same way, for the same reason).
+SPILL_AT = 8 << 20
+
+
+class Spill:
+    """Where decompressed bytes go: memory while small, then an unlinked temporary file."""
+
+    def __init__(self) -> None:
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+        # CRC-32 of what was written (zip members check it), computed on the way: reading the
+        # spilled bytes back would map every page of them into the process.
+        self.crc = 0
+
+    def write(self, data: bytes) -> None:
+        if self._file is None and self.size + len(data) > SPILL_AT:
+            self._file = tempfile.TemporaryFile(prefix="picklegate-")  # noqa: SIM115 - kept
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        if self._file is None:
+            self._memory += data
+        else:
+            self._file.write(data)
+        self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+
+    def truncate(self, size: int) -> None:
+        """Drop what was written after ``size`` bytes (a later stream that failed)."""
+        if self._file is None:
+            del self._memory[size:]
+        else:
+            self._file.seek(size)
+            self._file.truncate()
+        self.size = size
+        self.crc = -1               # no longer known; only multi-stream codecs truncate
+
+    def result(self) -> Buffer:
+        """The bytes written: bytes when small, else a read-only mmap of the file. The mapping
+        keeps its own descriptor; every page was written (no holes), so no access faults."""
+        if self._file is None:
+            return bytes(self._memory)
+        with self._file:
+            self._file.flush()
+            return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 def decompress(buf: Buffer, start: int, end: int, make: Callable[[], Decompressor],
-               ctx: Context, multi: bool) -> tuple[bytes, int]:
+               ctx: Context, multi: bool) -> tuple[Buffer, int]:
     """Decompress ``buf[start:end]``; return (data, offset where compressed data ended).
 
     ``multi``: concatenated streams (gzip members, bz2/xz streams, zstd frames) are decompressed
     in turn, as the loaders' file readers do. A later stream that fails to decompress ends the
     data there: what came before is still analysed, and the caller reports the rest as
-    trailing bytes.
+    trailing bytes. The data is counted against the file's expansion budget as it is produced
+    and held as :class:`Spill` holds it.
     """
-    out, pos = _one_stream(buf, start, end, make, ctx, 0)
-    while multi and _more_streams(buf, pos, end):
-        try:
-            more, pos = _one_stream(buf, pos, end, make, ctx, len(out))
-        except DECODE_ERRORS + _zstd_errors():
-            break
-        out += more
-    ctx.budget.expanded += len(out)
-    return bytes(out), pos
+    sink = Spill()
+    try:
+        pos = expand_stream(buf, start, end, make(), ctx, sink)
+        while multi and _more_streams(buf, pos, end):
+            good = sink.size
+            try:
+                pos = expand_stream(buf, pos, end, make(), ctx, sink)
+            except DECODE_ERRORS + _zstd_errors() + (RuntimeError,):   # lz4: see read_lz4
+                sink.truncate(good)
+                break
+        return sink.result(), pos
+    except BaseException:
+        sink.close()
+        raise
 
 
-def _one_stream(buf: Buffer, pos: int, end: int, make: Callable[[], Decompressor],
-                ctx: Context, already: int) -> tuple[bytearray, int]:
-    out = bytearray()
-    dec = make()
+def expand_stream(buf: Buffer, pos: int, end: int, dec: Decompressor, ctx: Context,
+                  sink: Spill) -> int:
+    """Decompress one stream from ``pos`` into ``sink``, CHUNK bytes of output at a time;
+    return where its compressed data ended. Raises ExpansionLimit before the file's
+    decompressed bytes (``ctx.budget.expanded``) pass the limit. Every byte produced counts,
+    kept or not: a bomb that ran out of budget leaves none for the next member to spend."""
     pending = b""
     while not dec.eof:
-        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded - already - len(out)
+        checkpoint()
+        room = ctx.limits.max_expanded_bytes - ctx.budget.expanded
         if room <= 0:
             raise ExpansionLimit()
         # zlib hands back what it did not consume; bz2/lzma/lz4/zstd buffer it themselves and
@@ -85,9 +151,11 @@ def _one_stream(buf: Buffer, pos: int, end: int, make: Callable[[], Decompressor
                 raise EOFError("compressed data ends before the end of the stream")
             pending = bytes(buf[pos:min(pos + CHUNK, end)])
             pos += len(pending)
-        out += dec.decompress(pending, min(room, CHUNK))
+        out = dec.decompress(pending, min(room, CHUNK))
+        ctx.budget.expanded += len(out)
+        sink.write(out)
         pending = getattr(dec, "unconsumed_tail", b"")
-    return out, pos - len(dec.unused_data or b"")
+    return pos - len(dec.unused_data or b"")
 
 
 def _more_streams(buf: Buffer, pos: int, end: int) -> bool:
@@ -95,31 +163,54 @@ def _more_streams(buf: Buffer, pos: int, end: int) -> bool:
 
 
 def _expand(codec: str, make: Callable[[], Decompressor], multi: bool, buf: Buffer, start: int,
-            end: int, ctx: Context, analysis: Analysis) -> bytes | None:
+            end: int, ctx: Context, analysis: Analysis) -> Buffer | None:
     """The decompressed member, or None after a finding says why there is none.
     Raises the codec's errors (for the caller to turn into a finding or NotThisFormat)."""
     try:
         data, stop = decompress(buf, start, end, make, ctx, multi)
     except ExpansionLimit:
         analysis.finding(ctx, FindingKind.LIMIT, start,
-                         f"{codec} data expands beyond {ctx.limits.max_expanded_bytes} bytes "
-                         "(decompression bomb, or raise the limit); not analysed")
+                         expansion_message(f"{codec} data", ctx))
         return None
-    trailing = bytes(buf[stop:end])
-    if trailing.strip(b"\x00"):
+    if not _all_zero(buf, stop, end):
         analysis.finding(ctx, FindingKind.MALFORMED, stop,
-                         f"{len(trailing)} bytes after the end of the {codec} stream")
+                         f"{end - stop} bytes after the end of the {codec} stream")
     return data
 
 
+def expansion_message(what: str, ctx: Context) -> str:
+    return (f"{what} expands past the limit of {ctx.limits.max_expanded_bytes} decompressed "
+            "bytes per file (a decompression bomb, or a larger model: raise it with "
+            f"{how_to_raise('max_expanded_bytes')}); not analysed")
+
+
+def _all_zero(buf: Buffer, start: int, end: int) -> bool:
+    """No byte but NUL in ``buf[start:end]``, read CHUNK bytes at a time (never copied whole)."""
+    for pos in range(start, end, CHUNK):
+        if bytes(buf[pos:min(pos + CHUNK, end)]).strip(b"\x00"):
+            return False
+        release(buf, pos, min(pos + CHUNK, end))
+    return True
+
+
+def release(buf: Buffer, start: int, end: int) -> None:
+    """Unmap pages of a spilled mapping that were read once and are done with, so a pass over
+    a large member does not keep it resident (madvise(2) MADV_DONTNEED: the pages of a shared
+    file mapping are dropped from this process and read again from the file if touched)."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        first = start - start % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):
+            buf.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
 def _read(codec: str, make: Callable[[], Decompressor], multi: bool,
-          magic: bool = True) -> Callable[..., str]:
+          magic: bool = True, errors: tuple[type[Exception], ...] = ()) -> Callable[..., str]:
     """A reader for one codec. ``magic=False``: the format was recognised without a magic
     number (.lzma headers), so data that does not decompress is not this format at all."""
     def reader(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
         try:
             data = _expand(codec, make, multi, buf, start, end, ctx, analysis)
-        except DECODE_ERRORS + _zstd_errors() as exc:
+        except DECODE_ERRORS + _zstd_errors() + errors as exc:
             if not magic:
                 raise NotThisFormat(f"not {codec} data: {exc}") from exc
             analysis.finding(ctx, FindingKind.MALFORMED, start,
@@ -147,8 +238,10 @@ def read_lz4(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
                          "lz4-compressed data, and the lz4 package is not installed, so it "
                          "cannot be scanned: pip install 'picklegate[lz4]'")
         return "lz4"
-    return _read("lz4", lz4.frame.LZ4FrameDecompressor, multi=True)(buf, start, end, ctx,
-                                                                    analysis)
+    # lz4.frame raises RuntimeError ("LZ4F_decompress failed with code: ...") on corrupt
+    # frames (python-lz4 lz4/frame/_frame.c); only decompression is inside that except.
+    return _read("lz4", lz4.frame.LZ4FrameDecompressor, multi=True,
+                 errors=(RuntimeError,))(buf, start, end, ctx, analysis)
 
 
 # --------------------------------------------------------------------------------------------

@@ -78,10 +78,12 @@ def new_context(limits: Limits = DEFAULT_LIMITS) -> Context:
     return Context(limits=limits, dispatch=analyse_member)
 
 
-def analyse_buffer(buf: Buffer, limits: Limits = DEFAULT_LIMITS) -> Analysis:
-    """Analyse a whole top-level file under every interpretation."""
+def analyse_buffer(buf: Buffer, limits: Limits = DEFAULT_LIMITS,
+                   analysis: Analysis | None = None) -> Analysis:
+    """Analyse a whole top-level file under every interpretation, into ``analysis`` when given
+    (scan.py passes its own, so what was found before a budget ran out is kept)."""
     ctx = new_context(limits)
-    analysis = Analysis()
+    analysis = analysis if analysis is not None else Analysis()
     analysis.format = analyse_member(buf, 0, len(buf), ctx, analysis)
     _zip_from_end(buf, ctx, analysis)
     return analysis

@@ -8,6 +8,7 @@ import tarfile
 from picklegate.findings import FindingKind
 from picklegate.formats.base import Analysis, Context, NotThisFormat, analyse_member
 from picklegate.formats.torch import read_tar_storages, read_tar_tensors
+from picklegate.limits import checkpoint
 from picklegate.machine import Buffer, Fatal
 
 # torch.serialization.legacy_load reads these three; sys_info is written but never read.
@@ -62,6 +63,7 @@ def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
     is_torch = set(names) >= TORCH_TAR_MEMBERS
     seen: set[str] = set()
     for member in members:
+        checkpoint()
         _check(member, seen, start, ctx, analysis)
         if not member.isfile():
             continue

@@ -27,6 +27,7 @@ from picklegate.machine import (
     Seq,
     Value,
     analyse_pickles,
+    describe,
 )
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -156,7 +157,8 @@ def _legacy(buf: Buffer, start: int, end: int, ctx: Context, out: Collector) -> 
         pos = after
     if results[1] != PROTOCOL_VERSION:
         out.finding(FindingKind.MALFORMED, start,
-                    f"legacy torch file with protocol version {results[1]!r}; torch refuses it")
+                    f"legacy torch file with protocol version {_shown(results[1])}; torch "
+                    "refuses it")
     pos = _skip_storages(buf, pos, end, results[4], out)
     if pos < end:
         # torch reads nothing after the storages; any further bytes are analysed, so nothing
@@ -179,20 +181,28 @@ def _skip_storages(buf: Buffer, pos: int, end: int, keys: Value, out: Collector)
         assert isinstance(key, str)
         size = sizes.get(key)
         if size is None:
-            raise Fatal(FindingKind.UNRESOLVED, pos, f"legacy torch file: storage {key!r} has no "
-                                                     "known element size")
+            raise Fatal(FindingKind.UNRESOLVED, pos,
+                        f"legacy torch file: storage {_shown(key)} has no known element size")
         pos = _skip_raw_storage(buf, pos, end, size, key)
     return pos
 
 
-def _skip_raw_storage(buf: Buffer, pos: int, end: int, size: int, key: str) -> int:
+def _shown(value: Value) -> str:
+    """A value in a message, in bounded time and length: repr/str of a symbolic value recurses
+    through every level of nesting (1000 nested lists raise RecursionError) and prints it all."""
+    if type(value) is int:
+        return str(value) if -10**18 < value < 10**18 else "a huge number"
+    return describe(value)
+
+
+def _skip_raw_storage(buf: Buffer, pos: int, end: int, size: int, key: Value) -> int:
     if pos + 8 > end:
-        raise Fatal(FindingKind.MALFORMED, pos, f"truncated: storage {key!r} has no size")
+        raise Fatal(FindingKind.MALFORMED, pos, f"truncated: storage {_shown(key)} has no size")
     count: int = struct.unpack("<q", bytes(buf[pos:pos + 8]))[0]
     stop = pos + 8 + count * size
     if count < 0 or stop > end:
         raise Fatal(FindingKind.MALFORMED, pos,
-                    f"truncated: storage {key!r} needs {count * size} bytes")
+                    f"truncated: storage {_shown(key)} needs {count * size} bytes")
     return stop
 
 
@@ -216,7 +226,7 @@ def read_tar_storages(buf: Buffer, start: int, end: int, ctx: Context, out: Coll
         if size is None:
             raise Fatal(FindingKind.UNRESOLVED, pos, "tar torch file: a storage's type cannot "
                                                      "be read, so its bytes cannot be skipped")
-        pos = _skip_raw_storage(buf, after, end, size, str(args[0]))
+        pos = _skip_raw_storage(buf, after, end, size, args[0])
     if pos < end:
         # legacy_load then reads one more pickle: the list of storage views.
         after = PickleMachine(buf, pos, end, out, ctx.limits).run()
