@@ -13,16 +13,23 @@ import sys
 from pathlib import Path
 from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
-from picklegate import __version__, gitio
+from typing import TYPE_CHECKING
+
+from picklegate import __version__
 from picklegate.errors import PicklegateError, UsageError
 from picklegate.findings import ScanResult, Status
 from picklegate.policy import Policy, default_policy, load_policy, utc_today
 from picklegate.report import FORMATS, reporter
-from picklegate.report.github import write_step_summary
 from picklegate.report.text import safe
-from picklegate.review import review
-from picklegate.scan import scan_sources
+from picklegate.scan import JOBS_THRESHOLD, default_jobs, scan_sources
 from picklegate.sources import Source, file_sources, without_excluded
+
+if TYPE_CHECKING:
+    from picklegate import gitio
+
+# Start-up is part of every commit's hook run, so modules only some commands need are imported
+# where they are used: gitio (subprocess, tempfile) for git modes and directories, review for
+# `policy check`, the github reporter's step summary for --format github (README: Performance).
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 POLICY_NAMES = (".picklegate.yaml", ".picklegate.yml")
@@ -79,6 +86,11 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                       help="colour text output (auto: only on a terminal, never with NO_COLOR)")
     scan.add_argument("-v", "--verbose", action="store_true",
                       help="also print notes for clean files")
+    scan.add_argument("-j", "--jobs", metavar="N", type=_positive, default=None,
+                      help="scan files in N worker processes; the report is the same as a "
+                           "serial run, in the same order (default: one per CPU when more than "
+                           f"{JOBS_THRESHOLD} files are scanned and there is more than one "
+                           "CPU, else 1; --staged/--diff always scan serially)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,19 +150,51 @@ def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output:
         check_writable(args.output)
     if args.staged or args.diff:
+        from picklegate import gitio
         top = gitio.toplevel()
         with gitio.BlobStore(top) as store:
             selection, policy = _git_sources(args, top, store, err)
             for note in selection.notes:
                 print(f"picklegate: note: {safe(note)}", file=err)
+            # Git blobs come through the one `git cat-file --batch` process of this store,
+            # which workers cannot share: git modes scan serially (see --jobs).
             result = scan_sources(_excluding(selection.sources, args, policy), policy)
     else:
         here = _cwd_or_nothing()        # a deleted current directory: absolute paths still work
         root = find_root(here[0]) if here else None
         policy = resolve_policy(args.policy, root, err)
-        sources = file_sources(args.paths or ["."], root, gitio.work_tree_files)
-        result = scan_sources(_excluding(sources, args, policy), policy)
+        sources = _excluding(file_sources(args.paths or ["."], root, _work_tree_files), args,
+                             policy)
+        result = scan_sources(sources, policy, jobs=_jobs(args.jobs, len(sources)))
     return _report(args, result, out, err)
+
+
+def _work_tree_files(folder: str) -> list[str] | None:
+    """gitio's directory lister, imported only when a directory is actually searched."""
+    from picklegate import gitio
+    return gitio.work_tree_files(folder)
+
+
+def _jobs(given: int | None, files: int) -> int:
+    return given if given is not None else default_jobs(files, _cpu_count())
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _excluding(sources: Iterable[Source], args: argparse.Namespace,
@@ -206,6 +250,7 @@ def current_dir() -> Path:
 
 def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
                  err: TextIO) -> tuple[gitio.Selection, Policy]:
+    from picklegate import gitio
     if args.staged:
         return gitio.staged_sources(root, store), resolve_policy(args.policy, root, err)
     rng = gitio.Range.parse(args.diff)
@@ -220,6 +265,7 @@ def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
 def _policy_at(commit: str, label: str, explicit: str | None, root: Path,
                err: TextIO) -> Policy:
     """The policy as it is in the base commit, so a change cannot approve itself."""
+    from picklegate import gitio
     candidates = [_repo_relative(explicit, root)] if explicit else list(POLICY_NAMES)
     for path in candidates:
         if gitio.read_text_at(root, commit, path) is not None:
@@ -253,6 +299,7 @@ def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO) -> None:
     else:
         out.write(document)
     if args.format == "github":
+        from picklegate.report.github import write_step_summary
         write_step_summary(result, os.environ)
 
 
@@ -267,6 +314,7 @@ def exit_code(result: ScanResult) -> int:
 
 
 def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from picklegate.review import review
     root = find_root(current_dir()) or current_dir()
     policies = [load_policy(p) for p in args.policies] if args.policies else \
         [resolve_policy(None, root, err)]
