@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The commands the GitHub Action runs (action.yml passes its inputs as PICKLEGATE_* variables).
 # Kept as a script so tests can run exactly this in a temporary repository.
+#
+# One scan: the job log gets PICKLEGATE_FORMAT and, when PICKLEGATE_SARIF is set, the same
+# result is also written as SARIF to that file. The exit status is picklegate's own
+# (0 clean, 1 findings, 2 error).
 set -uo pipefail
 
-args=(scan)
+args=(scan --format "${PICKLEGATE_FORMAT:-github}")
+if [ -n "${PICKLEGATE_SARIF:-}" ]; then
+    args+=(--output "sarif=$PICKLEGATE_SARIF")
+fi
 if [ -n "${PICKLEGATE_POLICY:-}" ]; then
     args+=(--policy "$PICKLEGATE_POLICY")
 fi
@@ -17,15 +24,4 @@ else
     exit 2
 fi
 
-status=0
-if [ -n "${PICKLEGATE_SARIF:-}" ]; then
-    picklegate "${args[@]:0:1}" --format sarif --output "$PICKLEGATE_SARIF" "${args[@]:1}" >/dev/null
-    status=$?
-    if [ "$status" -eq 2 ]; then
-        exit 2
-    fi
-fi
-picklegate "${args[@]:0:1}" --format "${PICKLEGATE_FORMAT:-github}" "${args[@]:1}"
-log_status=$?
-[ "$log_status" -gt "$status" ] && status=$log_status
-exit "$status"
+exec picklegate "${args[@]}"

@@ -76,7 +76,7 @@ def test_build_abuse(case):
     out = analyse_pickles(stream.bytes())
     got = [f for f in out.findings if f.kind is ABUSE]
     assert len(got) == len(expected), [f.message for f in out.findings]
-    for finding, (dotted, fragment) in zip(got, expected):
+    for finding, (dotted, fragment) in zip(got, expected, strict=True):
         assert (f"{finding.module}.{finding.name}" if finding.module else None) == dotted
         assert fragment in finding.message
     assert {f.kind for f in out.findings} <= {ABUSE}

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import mmap
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from picklegate import decision
 from picklegate.findings import FindingKind, Status
 from picklegate.policy import load_policy
 from picklegate.scan import ScanOptions, scan_bytes
@@ -113,3 +116,64 @@ def test_unknown_format_can_be_allowed_and_lfs_pointer_warned(tmp_path):
     lfs = scan(LFS_POINTER, lenient, "a.pt")
     assert lfs.status is Status.CLEAN and lfs.findings[0].warning
     assert scan(LFS_POINTER, strict, "a.pt").status is Status.VIOLATION
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing for approvals: no copy of the file
+
+
+class _Recording:
+    """A Buffer that is neither bytes nor mmap, recording the size of every slice taken."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.slices: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            self.slices.append(len(self.data[index]))
+        return self.data[index]
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        return self.data.find(sub, start, len(self.data) if end is None else end)
+
+
+@pytest.mark.parametrize("size", [0, 1, decision.HASH_CHUNK - 1, decision.HASH_CHUNK,
+                                  3 * decision.HASH_CHUNK + 5])
+def test_buffer_sha256_over_bytes_mmap_and_other_buffers(tmp_path, size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = hashlib.sha256(data).hexdigest()
+    assert decision.buffer_sha256(data) == expected
+    recording = _Recording(data)
+    assert decision.buffer_sha256(recording) == expected
+    assert all(n <= decision.HASH_CHUNK for n in recording.slices)     # never the whole file
+    if size:
+        path = tmp_path / "f.bin"
+        path.write_bytes(data)
+        with open(path, "rb") as handle, \
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            assert decision.buffer_sha256(mm) == expected
+        # leaving the with block closed the mmap: the memoryview was released
+
+
+def test_approval_hashes_a_memory_mapped_file_without_copying_it(tmp_path):
+    size = 32 << 20
+    path = tmp_path / "big.pkl"
+    with open(path, "wb") as handle:
+        handle.write(global_call("posix", "system"))
+        handle.truncate(size)                                  # sparse: cheap to make
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    pol = policy(tmp_path, f"version: 1\napproved:\n  - path: models/big.pkl\n"
+                           f"    sha256: {digest}\n    reason: r\n")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        tracemalloc.start()
+        try:
+            approved, why = decision._approval(mm, pol, "models/big.pkl", TODAY)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert approved and why.startswith("approved by")
+    assert peak < size // 16, f"hashing allocated {peak} bytes for a {size}-byte file"

@@ -447,7 +447,7 @@ def test_random_streams() -> None:
     assert not failures, f"{len(failures)} divergent streams, e.g.\n" + "\n".join(failures[:5])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ints(a: int, b: int) -> st.SearchStrategy[int]:
     return st.integers(a, b)
 

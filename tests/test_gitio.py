@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from picklegate.cli import main
 from samples import LFS_POINTER, clean, global_call
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVIL = global_call("posix", "system")
 BIN = Path(sys.executable).parent

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from picklegate import scan, sources
+from picklegate import sources
 from picklegate.cli import main
 from picklegate.findings import Status
 from picklegate.policy import default_policy

@@ -54,10 +54,11 @@ def sg(p: P, label: str = "sg") -> P:
     return p.label(label).stack_global().stop()
 
 
-def stack_global_case(id: str, p: P, module: str, name: str, kinds: set[FindingKind] = set(),
+def stack_global_case(id: str, p: P, module: str, name: str,
+                      kinds: frozenset[FindingKind] = frozenset(),
                       opcode: str = "STACK_GLOBAL") -> Case:
     sg(p)
-    return Case(id, p.bytes(), [(module, name, p.labels["sg"], opcode)], kinds)
+    return Case(id, p.bytes(), [(module, name, p.labels["sg"], opcode)], set(kinds))
 
 
 # ---------------------------------------------------------------------------------------------

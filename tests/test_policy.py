@@ -475,6 +475,17 @@ def test_approval_for_matches_exact_paths(tmp_path: Path) -> None:
     assert policy.approval_for(None) == ()
 
 
+def test_approval_origin_is_its_entry_not_its_digest(tmp_path: Path) -> None:
+    """The position reported for an approval is where its entry starts ("- path:"), for both
+    entries, not the line and column of its sha256 value."""
+    text = approvals(SHA_A) + f"  - sha256: {EVIL_SHA}\n    path: models/b.pkl\n    reason: r\n"
+    policy = load(tmp_path, text)
+    first, second = policy.approved
+    assert (first.origin.line, first.origin.column) == (3, 5)      # "  - path: models/a.pkl"
+    assert (second.origin.line, second.origin.column) == (8, 5)    # "  - sha256: ..."
+    assert str(first.origin).endswith("policy.yaml:3:5")
+
+
 @pytest.mark.parametrize("sha,expires,path,status,note", [
     (EVIL_SHA, "2027-01-01", "models/a.pkl", Status.CLEAN, "approved by"),
     (SHA_A, "2027-01-01", "models/a.pkl", Status.VIOLATION, "does not apply: the file's sha256"),

@@ -20,10 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed"),
-]
+pytestmark = pytest.mark.e2e          # needs git, like the project itself: no skip without it
 
 ROOT = Path(__file__).resolve().parents[1]
 GETCWD = f"{os.getcwd.__module__}.getcwd"

@@ -37,7 +37,7 @@ def test_allow_entries_that_admit_gadgets_are_flagged(tmp_path, body, expected):
 @pytest.mark.parametrize("body", [
     "allow:\n  collections: [OrderedDict]\n  torch._utils: [_rebuild_tensor_v2]\n",
     "extends: [builtins-safe, torch, numpy, sklearn]\n",
-    "allow:\n  builtins: [eval, dict]\ndeny:\n  builtins: [eval]\n",    # deny wins: admitted nothing
+    "allow:\n  builtins: [eval, dict]\ndeny:\n  builtins: [eval]\n",    # deny wins: none admitted
 ])
 def test_harmless_policies_have_no_problems(tmp_path, body):
     assert check(tmp_path, body) == []
@@ -47,7 +47,8 @@ def test_expired_entries_and_stale_approvals(tmp_path):
     (tmp_path / "present.pkl").write_bytes(b"x")
     body = ("allow:\n  collections:\n    - {name: OrderedDict, expires: 2026-01-01}\n"
             "approved:\n"
-            f"  - path: present.pkl\n    sha256: {'0' * 64}\n    reason: r\n    expires: 2026-11-22\n"
+            f"  - path: present.pkl\n    sha256: {'0' * 64}\n    reason: r\n"
+            "    expires: 2026-11-22\n"
             f"  - path: gone.pkl\n    sha256: {'1' * 64}\n    reason: r\n")
     problems = "\n".join(check(tmp_path, body))
     assert "allow entry collections expired on 2026-01-01" in problems

@@ -22,7 +22,7 @@ print(" ".join(sorted(sys.modules)), file=sys.stderr)
 """
 NEVER = ("yaml", "picklegate.gitio", "subprocess", "tempfile", "picklegate.review",
          "picklegate.report.json", "picklegate.report.sarif", "picklegate.report.github",
-         "hashlib", "concurrent.futures", "multiprocessing")
+         "concurrent.futures", "multiprocessing")
 
 
 def _imported(tmp_path: Path, *argv: str) -> set[str]:

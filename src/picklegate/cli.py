@@ -6,10 +6,13 @@ This is the only module that prints, reads the environment or exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 # `policy check`, the github reporter's step summary for --format github (README: Performance).
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+MACHINE_FORMATS = ("json", "sarif")     # stdout is one document, nothing else
 POLICY_NAMES = (".picklegate.yaml", ".picklegate.yml")
 
 
@@ -79,9 +83,11 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                       help="with --diff: read the policy from the base commit (default) or "
                            "from the working tree")
     scan.add_argument("--format", choices=FORMATS, default="text", help="output format")
-    scan.add_argument("--output", metavar="FILE",
-                      help="write the report in --format to FILE; the text report still goes "
-                           "to the terminal")
+    scan.add_argument("--output", metavar="[FORMAT=]FILE", action="append", default=[],
+                      type=output_target,
+                      help="also write the report in FORMAT (text, json, sarif, github) to "
+                           "FILE; repeat it for several reports from the same scan. A plain "
+                           "FILE writes --format there and the terminal gets the text report")
     scan.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                       help="colour text output (auto: only on a terminal, never with NO_COLOR)")
     scan.add_argument("-v", "--verbose", action="store_true",
@@ -123,10 +129,8 @@ class _ClosedStream(io.TextIOBase):
 
 def _say(line: str) -> None:
     """One diagnostic line on stderr; a closed or broken stderr must not hide the exit code."""
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         print(line, file=sys.stderr)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _silence(stream: TextIO) -> None:
@@ -147,8 +151,8 @@ def _silence(stream: TextIO) -> None:
 def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if (args.staged or args.diff) and args.paths:
         raise UsageError("give either paths or --staged/--diff, not both")
-    if args.output:
-        check_writable(args.output)
+    for target in args.output:
+        check_writable(target.path)     # before the scan: a report that cannot land fails now
     if args.staged or args.diff:
         from picklegate import gitio
         top = gitio.toplevel()
@@ -207,7 +211,7 @@ def _report(args: argparse.Namespace, result: ScanResult, out: TextIO, err: Text
     (full disk, closed stdout) is exit 2, never a pass."""
     code = exit_code(result)
     try:
-        _emit(args, result, out)
+        _emit(args, result, out, err)
         out.flush()
     except BrokenPipeError:
         _silence(out)
@@ -216,10 +220,6 @@ def _report(args: argparse.Namespace, result: ScanResult, out: TextIO, err: Text
         _silence(out)
         print(f"picklegate: error: cannot write the report: {exc.strerror or exc}", file=err)
         return EXIT_ERROR
-    for failed in result.files:
-        if failed.status is Status.ERROR:
-            print(f"picklegate: error: {safe(failed.path)}: {safe(failed.error or '')}",
-                  file=err)
     return code
 
 
@@ -233,10 +233,8 @@ def check_writable(path: str) -> None:
         raise UsageError(f"cannot write {safe(path)}: {exc.strerror or exc}") from None
     os.close(fd)
     if not existed:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 def current_dir() -> Path:
@@ -286,21 +284,78 @@ def _repo_relative(path: str, root: Path) -> str:
         raise UsageError(f"{path} is outside the repository") from None
 
 
-def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO) -> None:
-    render = reporter(args.format)
-    color = use_color(args.color, out) and args.format == "text"
-    document = render(result, color, args.verbose)
-    if args.output:
-        try:
-            Path(args.output).write_text(document, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-        out.write(reporter("text")(result, use_color(args.color, out), args.verbose))
-    else:
-        out.write(document)
-    if args.format == "github":
+@dataclass(frozen=True)
+class OutputTarget:
+    """One ``--output``: a report format (None: the ``--format``, the old ``--output FILE``)
+    and the file it goes to."""
+
+    format: str | None
+    path: str
+
+
+def output_target(value: str) -> OutputTarget:
+    """``FORMAT=FILE`` when the part before the first ``=`` is a word, else a plain FILE. A word
+    that is no format is an error rather than a file name, so ``sarf=x.sarif`` is caught; a
+    file whose name starts like that is written ``./sarf=x.sarif``."""
+    head, sep, path = value.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", head):
+        return OutputTarget(None, value)
+    if head not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"unknown report format {head!r} in {value!r} (choose from {', '.join(FORMATS)}; "
+            f"write ./{value} for a file of that name)")
+    if not path:
+        raise argparse.ArgumentTypeError(f"no file after '{head}=' in {value!r}")
+    return OutputTarget(head, path)
+
+
+def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO) -> None:
+    """Every requested report, from this one result: the terminal's, each ``--output`` file
+    (each format rendered once), then the job summary if any report is ``github``."""
+    terminal, files = _targets(args)
+    color = terminal == "text" and use_color(args.color, out)
+    out.write(reporter(terminal)(result, color, args.verbose))
+    documents = {fmt: reporter(fmt)(result, False, args.verbose) for fmt, _ in files}
+    for fmt, path in files:
+        _write(path, documents[fmt])
+    if "github" in (terminal, *documents):
         from picklegate.report.github import write_step_summary
-        write_step_summary(result, os.environ)
+        try:
+            write_step_summary(result, os.environ)
+        except OSError as exc:
+            raise UsageError(f"cannot write the job summary: {exc.strerror or exc}") from None
+    if terminal in MACHINE_FORMATS:
+        # The text and github reports list unreadable files themselves; behind a JSON or
+        # SARIF document on stdout a person still needs one line on stderr.
+        for failed in result.files:
+            if failed.status is Status.ERROR:
+                print(f"picklegate: error: {safe(failed.path)}: {safe(failed.error or '')}",
+                      file=err)
+
+
+def _targets(args: argparse.Namespace) -> tuple[str, list[tuple[str, str]]]:
+    """(the terminal's format, [(format, file)]). The old ``--output FILE`` sends --format to
+    the file and keeps the text report on the terminal, as it always did."""
+    targets: list[OutputTarget] = args.output
+    files = [(t.format or args.format, t.path) for t in targets]
+    _check_distinct([path for _, path in files])
+    return ("text" if any(t.format is None for t in targets) else args.format), files
+
+
+def _check_distinct(paths: list[str]) -> None:
+    seen: set[str] = set()
+    for path in paths:
+        key = os.path.abspath(path)
+        if key in seen:
+            raise UsageError(f"--output names {path} more than once")
+        seen.add(key)
+
+
+def _write(path: str, document: str) -> None:
+    try:
+        Path(path).write_text(document, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def exit_code(result: ScanResult) -> int:

@@ -6,12 +6,14 @@ never formats output beyond the finding messages themselves.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import mmap
 from collections.abc import Iterable
 
 from picklegate.findings import FileResult, Finding, FindingKind, GlobalRef, Inventory, Status
 from picklegate.formats import Analysis
 from picklegate.machine import Buffer
-from picklegate.policy import Decision, Policy, Verdict, sha256_hex
+from picklegate.policy import Decision, Policy, Verdict
 
 
 def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, policy: Policy,
@@ -82,7 +84,7 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
 
 def _approval(buf: Buffer, policy: Policy, relpath: str | None,
               today: dt.date) -> tuple[bool, str]:
-    digest = sha256_hex(bytes(buf[0:len(buf)]))
+    digest = buffer_sha256(buf)
     reasons = []
     for approval in policy.approval_for(relpath):
         if approval.sha256 != digest:
@@ -94,3 +96,22 @@ def _approval(buf: Buffer, policy: Policy, relpath: str | None,
         else:
             return True, f"approved by {approval.origin}: {approval.reason}"
     return False, "; ".join(reasons)
+
+
+HASH_CHUNK = 1 << 20
+
+
+def buffer_sha256(buf: Buffer) -> str:
+    """The file's sha256 without copying it. A memory-mapped checkpoint (or bytes) is hashed
+    through a memoryview, a chunk at a time, so a multi-gigabyte file costs no memory; any
+    other Buffer is sliced a chunk at a time. The view is released before returning: an mmap
+    with a live export cannot be closed."""
+    digest = hashlib.sha256()
+    if isinstance(buf, (bytes, bytearray, mmap.mmap)):
+        with memoryview(buf) as view:
+            for start in range(0, len(view), HASH_CHUNK):
+                digest.update(view[start:start + HASH_CHUNK])
+    else:
+        for start in range(0, len(buf), HASH_CHUNK):
+            digest.update(buf[start:start + HASH_CHUNK])
+    return digest.hexdigest()

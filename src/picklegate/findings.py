@@ -11,14 +11,14 @@ from enum import Enum
 class FindingKind(str, Enum):
     NOT_ALLOWED = "not-allowed"          # an import the policy does not allow
     DENIED = "denied"                    # an import a deny entry names
-    UNRESOLVED = "unresolved"            # an import whose target cannot be proven (STACK_GLOBAL, EXT*)
+    UNRESOLVED = "unresolved"            # an import whose target is unprovable (STACK_GLOBAL, EXT*)
     MALFORMED = "malformed"              # bytes the analyser could not fully understand
     LIMIT = "limit-exceeded"             # a configured bound was hit; the rest is unanalysed
     UNKNOWN_FORMAT = "unknown-format"    # content matches no format picklegate knows
     LFS_POINTER = "lfs-pointer"          # a Git LFS pointer: the real content is not here
     ARCHIVE = "archive-anomaly"          # an archive trick: mismatched headers, bad CRC, odd names
-    UNSUPPORTED = "unsupported"          # a format picklegate knows but cannot open here (missing extra)
-    BUILD_ABUSE = "build-abuse"          # BUILD changes a global itself, or sets a __dunder__ attribute
+    UNSUPPORTED = "unsupported"          # a known format this install cannot open (missing extra)
+    BUILD_ABUSE = "build-abuse"          # BUILD changes a global itself, or sets a __dunder__ name
 
 
 class Status(str, Enum):
@@ -97,7 +97,7 @@ class FileResult:
 @dataclass(frozen=True)
 class ScanResult:
     files: tuple[FileResult, ...]
-    policy: str                 # where the policy came from, e.g. ".picklegate.yaml" or "built-in default"
+    policy: str                 # where the policy came from: ".picklegate.yaml", "built-in default"
 
     def count(self, status: Status) -> int:
         return sum(1 for f in self.files if f.status is status)

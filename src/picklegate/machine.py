@@ -122,8 +122,8 @@ class Mapping:
             self.special = special_name(key)
 
 
-Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
-              "Ref", "Instance", "Seq", "Mapping"]
+Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText",
+              "LongBytes", "Ref", "Instance", "Seq", "Mapping"]
 MISSING = Opaque("missing")
 UNDERFLOW = Opaque("stack underflow")
 

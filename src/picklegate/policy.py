@@ -390,7 +390,8 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
     text = _preset_text(name)
     if text is None:
         raise reader.error(node, f"unknown preset {name!r}; available presets: "
-                                 f"{', '.join(preset_names())} (or a relative path ending in .yaml)")
+                                 f"{', '.join(preset_names())} "
+                                 "(or a relative path ending in .yaml)")
     if _replay_cached(name, text, b):
         return
     display = f"<preset {name}>"
@@ -595,8 +596,9 @@ def _approval(r: _Node, node: yaml.Node) -> Approval:
             raise r.error(node, f"an approval needs '{required}'")
     # The raw scalar text: an unquoted digest made only of digits (or digits and one "e")
     # would otherwise be read by YAML as a number.
-    node = keys["sha256"]
-    digest = str(node.value).lower() if isinstance(node, yaml.ScalarNode) else ""
+    digest_node = keys["sha256"]
+    digest = (str(digest_node.value).lower() if isinstance(digest_node, yaml.ScalarNode)
+              else "")
     if not _SHA256.match(digest):
         raise r.error(keys["sha256"], "sha256 must be 64 hexadecimal digits "
                                       "(the output of sha256sum on the file)")

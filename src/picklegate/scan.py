@@ -112,9 +112,25 @@ def _start_worker(policy: Policy, options: ScanOptions) -> None:
     _WORKER = (policy, options)
 
 
-def _scan_in_worker(source: Source) -> FileResult:
+def _scan_batch(batch: Sequence[Source]) -> list[FileResult]:
     assert _WORKER is not None, "_start_worker runs first"
-    return scan_source(source, *_WORKER)
+    return [_guarded(source, *_WORKER) for source in batch]
+
+
+def _guarded(source: Source, policy: Policy, options: ScanOptions) -> FileResult:
+    try:
+        return scan_source(source, policy, options)
+    except Exception as exc:  # noqa: BLE001 - fail closed: a bug must never lose a verdict
+        return _failed(source, f"picklegate could not scan this file ({type(exc).__name__}: "
+                               f"{exc}); it is treated as unsafe. Please report this.")
+
+
+def _batches(sources: Sequence[Source], workers: int) -> list[Sequence[Source]]:
+    """Files go to the workers in small batches: one message per file costs as much as
+    scanning a 2 KB checkpoint. About eight batches a worker keeps a few large files from
+    leaving one worker busy while the others idle."""
+    size = max(1, min(32, len(sources) // (workers * 8)))
+    return [sources[i:i + size] for i in range(0, len(sources), size)]
 
 
 def _scan_parallel(sources: Sequence[Source], policy: Policy, options: ScanOptions,
@@ -124,7 +140,7 @@ def _scan_parallel(sources: Sequence[Source], policy: Policy, options: ScanOptio
     # and every file not yet done fails with it. Each of those is scanned again alone: the
     # file that kills its worker becomes that file's error result, the others get verdicts.
     return [result if result is not None else _scan_alone(source, policy, options)
-            for source, result in zip(sources, results)]
+            for source, result in zip(sources, results, strict=True)]
 
 
 def _scan_alone(source: Source, policy: Policy, options: ScanOptions) -> FileResult:
@@ -140,11 +156,13 @@ def _run_pool(sources: Sequence[Source], policy: Policy, options: ScanOptions,
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    batches = _batches(sources, workers)
     before = {child.pid for child in multiprocessing.active_children()}
     pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(policy, options))
     try:
-        futures = _submit_all(pool, sources)
-        results = [_outcome(future, source) for future, source in zip(futures, sources)]
+        futures = _submit_all(pool, batches)
+        results = [result for future, batch in zip(futures, batches, strict=True)
+                   for result in _outcome(future, batch)]
     except BaseException:               # Ctrl-C: stop our workers before leaving
         pool.shutdown(wait=False, cancel_futures=True)
         _terminate_children(before)
@@ -153,27 +171,30 @@ def _run_pool(sources: Sequence[Source], policy: Policy, options: ScanOptions,
     return results
 
 
-def _submit_all(pool: Executor, sources: Sequence[Source]) -> list[Future[FileResult]]:
+def _submit_all(pool: Executor,
+                batches: list[Sequence[Source]]) -> list[Future[list[FileResult]]]:
     """Submit with SIGINT blocked: the workers start here and inherit the mask, so a Ctrl-C
     cannot reach one before it ignores SIGINT; the parent receives it when this returns."""
     if not hasattr(signal, "pthread_sigmask"):
-        return [pool.submit(_scan_in_worker, source) for source in sources]
+        return [pool.submit(_scan_batch, batch) for batch in batches]
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
     try:
-        return [pool.submit(_scan_in_worker, source) for source in sources]
+        return [pool.submit(_scan_batch, batch) for batch in batches]
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _outcome(future: Future[FileResult], source: Source) -> FileResult | None:
+def _outcome(future: Future[list[FileResult]],
+             batch: Sequence[Source]) -> list[FileResult | None]:
     from concurrent.futures.process import BrokenProcessPool
     try:
-        return future.result()
+        return list(future.result())
     except BrokenProcessPool:
-        return None
-    except Exception as exc:  # noqa: BLE001 - fail closed: a bug must never lose a verdict
-        return _failed(source, f"picklegate could not scan this file ({type(exc).__name__}: "
-                               f"{exc}); it is treated as unsafe. Please report this.")
+        return [None] * len(batch)
+    except Exception as exc:  # noqa: BLE001 - e.g. a result that does not pickle back
+        return [_failed(source, f"picklegate could not scan this file ({type(exc).__name__}: "
+                                f"{exc}); it is treated as unsafe. Please report this.")
+                for source in batch]
 
 
 def _failed(source: Source, message: str) -> FileResult:

@@ -522,7 +522,8 @@ def jl_dtype(descr: str, state: bytes | None = None, copy: bool = True) -> bytes
 def jl_fields(*fields: tuple[str, bytes, int]) -> tuple[bytes, bytes]:
     """(names tuple, fields dict) opcodes for a structured dtype state: (name, dtype, offset)."""
     names = jl_tuple(*(_text(name) for name, _, _ in fields))
-    items = b"".join(_text(name) + jl_tuple(dtype, jl_int(offset)) for name, dtype, offset in fields)
+    items = b"".join(_text(name) + jl_tuple(dtype, jl_int(offset))
+                     for name, dtype, offset in fields)
     return names, b"}(" + items + b"u"
 
 

@@ -11,7 +11,7 @@ from picklegate.scan import ScanOptions, scan_bytes
 ALL_PRESETS = ("builtins-safe", "numpy", "sklearn", "torch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _policy(presets: tuple[str, ...], also_allow: tuple[str, ...]) -> Policy:
     if not also_allow:
         return load_presets(presets, "test: " + "+".join(presets))

@@ -21,8 +21,8 @@ from .build import (JL_CONSTRUCT, JL_INIT, JL_TWIN_TAIL, _global_ref, _text, evi
                     jl_dtype_state, jl_fields, jl_file, jl_int, jl_raw, jl_tuple, jl_wrapper)
 from .conftest import scan, summary
 
-np = pytest.importorskip("numpy")
-joblib = pytest.importorskip("joblib")
+import joblib  # noqa: E402 - the test extra installs numpy and joblib
+import numpy as np  # noqa: E402
 from joblib.numpy_pickle import NumpyArrayWrapper  # noqa: E402
 from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap  # noqa: E402
 
@@ -71,7 +71,7 @@ def joblib_reads(raw: bytes) -> tuple[object, list[tuple[int, int]], list[tuple[
             return original(self, unpickler, ensure_native_byte_order)
         finally:
             f.log = None
-            for (_, end), (start, _) in zip(log, log[1:]):
+            for (_, end), (start, _) in zip(log, log[1:], strict=False):
                 assert end == start, "joblib's array reads are not contiguous"
             if log:
                 (nested if self.dtype.hasobject else regions).append((log[0][0], log[-1][1]))
@@ -158,8 +158,6 @@ CODECS = [None, "zlib", "gzip", "bz2", "lzma", "xz", "lz4"]
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("index", range(len(DTYPES)))
 def test_real_dumps_skip_exactly_what_joblib_reads(index, codec):
-    if codec == "lz4":
-        pytest.importorskip("lz4")
     dtype = DTYPES[index]
     protocols = [0, 1, 2, 3, 4, 5] if codec is None else [index % 4 + 2]
     for protocol in protocols:
@@ -258,7 +256,8 @@ def test_dtype_state_itemsize_matches_numpy(descr, state, itemsize):
 def test_structured_state_with_subarray_and_fields_matches_numpy():
     names, fields = jl_fields(("x", F8, 0), ("y", jl_dtype("S3", jl_dtype_state(3)), 8))
     sub = jl_dtype("V24", jl_dtype_state(24, subarray=jl_tuple(F8, jl_tuple(jl_int(3)))))
-    names2, fields2 = jl_fields(("s", sub, 0), ("r", jl_dtype("V11", jl_dtype_state(11, names=names, fields=fields)), 24))
+    inner = jl_dtype("V11", jl_dtype_state(11, names=names, fields=fields))
+    names2, fields2 = jl_fields(("s", sub, 0), ("r", inner, 24))
     dtype = jl_dtype("V40", jl_dtype_state(40, names=names2, fields=fields2))
     raw_part = jl_raw(bytes(80), padded=True)
     data = jl_file(jl_wrapper(dtype, (2,)), raw_part)
@@ -411,7 +410,8 @@ def test_planted_after_a_wrapper_of_every_construction(construct):
     assert _missed_by(evil, 0)
     result = scan(evil, path="model.joblib", also_allow=COPYREG)
     # the policy does not match a dotted name against its module.name entry: reported too
-    dotted = {(NA, "joblib.numpy_pickle.NumpyArrayWrapper", None)} if construct == "dotted" else set()
+    dotted = ({(NA, "joblib.numpy_pickle.NumpyArrayWrapper", None)} if construct == "dotted"
+              else set())
     assert summary(result) == {(NA, SYSTEM, None)} | dotted
 
 

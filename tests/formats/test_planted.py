@@ -290,7 +290,7 @@ def test_member_limit_keeps_pickles_first():
 def test_nesting_beyond_max_depth():
     data = EVIL
     names = ["evil.pkl", "l1.zip", "l2.zip", "l3.zip", "l4.zip"]
-    for i, name in enumerate(names[:-1]):
+    for name in names[:-1]:
         data = make_zip([(name, data)])
     data = make_zip([(names[-1], data)])
     deep = scan(data, path="deep.zip")
@@ -427,8 +427,8 @@ def test_torchscript_plants(member, payload):
 # ---------------------------------------------------------------------------------------------
 # joblib
 
-np = pytest.importorskip("numpy")
-joblib = pytest.importorskip("joblib")
+import joblib  # noqa: E402 - next to the joblib tests that use it
+import numpy as np  # noqa: E402
 RAW3 = np.arange(3.0).tobytes()
 
 
@@ -468,8 +468,6 @@ CODECS = ["zlib", "gzip", "bz2", "lzma", "xz", "lz4"]
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_joblib_compressed(codec):
-    if codec == "lz4":
-        pytest.importorskip("lz4")
     data = _dump({"a": np.arange(3.0), "b": evil_object()}, compress=(codec, 3))
     result = scan(data, path="model.joblib")
     assert result.format == f"joblib+{codec}"
@@ -592,7 +590,7 @@ def test_compressed_pickle(codec):
 
 
 def test_lz4_pickle():
-    lz4_frame = pytest.importorskip("lz4.frame")
+    import lz4.frame as lz4_frame
     result = scan(lz4_frame.compress(EVIL), path="model.pkl.lz4")
     assert result.format == "pickle+lz4"
     assert summary(result) == {(NA, SYSTEM, "lz4")}

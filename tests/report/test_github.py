@@ -106,6 +106,25 @@ def test_commands_parse_back_to_path_title_and_message():
     assert {SPACED, INJECTY} <= {p["file"] for p in parsed}
 
 
+@pytest.mark.parametrize("path, relpath, expected", [
+    ("./models/evil.pkl", "models/evil.pkl", "models/evil.pkl"),   # scan with no paths
+    ("deep/../models/evil.pkl", "models/evil.pkl", "models/evil.pkl"),
+    ("./models/evil.pkl", None, "models/evil.pkl"),                 # outside a repository
+    ("./a/./b//evil.pkl", None, "a/b/evil.pkl"),
+    ("/abs/evil.pkl", None, "/abs/evil.pkl"),
+])
+def test_annotations_and_summary_use_repository_relative_paths(path, relpath, expected):
+    """GitHub attaches an annotation to a diff path; ``./models/evil.pkl`` matches none."""
+    finding = not_allowed("posix", "system")
+    result = ScanResult(files=(FileResult(path, "pickle", Status.VIOLATION, findings=(finding,),
+                                          relpath=relpath),), policy="p")
+    first = parse(github.render(result).splitlines()[0])
+    assert first["file"] == expected
+    assert first["data"].startswith(f"{expected}: offset 7: posix.system")
+    summary = github.summary_markdown(result, gadgets=[])
+    assert f"| `{expected}` |" in summary and "./" not in summary
+
+
 def test_message_has_member_and_offset():
     line = next(line for line in github.render(sample_result()).splitlines()
                 if "posix.system" in line)

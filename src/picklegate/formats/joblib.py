@@ -316,7 +316,7 @@ def _init_attrs(m: PickleMachine, init_args: tuple[Value, ...] | None) -> dict[s
         raise _stop(m, f"NumpyArrayWrapper() called with {len(init_args)} arguments; joblib "
                     "fails here", FindingKind.MALFORMED)
     attrs = dict(INIT_DEFAULTS)
-    attrs.update(zip(INIT_ARGS, init_args))
+    attrs.update(zip(INIT_ARGS, init_args, strict=False))     # fewer args: the defaults
     return attrs
 
 

@@ -43,7 +43,8 @@ class _BufferFile(io.RawIOBase):
 
 def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis) -> str:
     try:
-        archive = tarfile.open(fileobj=_BufferFile(buf, start, end), mode="r:")
+        archive = tarfile.open(  # noqa: SIM115 - closed below, after reading its members
+            fileobj=_BufferFile(buf, start, end), mode="r:")
     except (tarfile.TarError, EOFError, OSError, RecursionError):
         # The first header passed the checksum but tarfile refuses it: no loader opens these
         # bytes as a tar, so they are read as the next interpretation (a pickle, say).
@@ -58,7 +59,7 @@ def read_tar(buf: Buffer, start: int, end: int, ctx: Context, analysis: Analysis
                          f"tar archive cannot be read to its end: {type(exc).__name__}: {exc}")
         members = archive.members  # type: ignore[attr-defined]  # what was read before
     names = [m.name for m in members]
-    is_torch = TORCH_TAR_MEMBERS <= set(names)
+    is_torch = set(names) >= TORCH_TAR_MEMBERS
     seen: set[str] = set()
     for member in members:
         _check(member, seen, start, ctx, analysis)

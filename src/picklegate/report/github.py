@@ -10,6 +10,8 @@ This module never reads the environment: the caller passes it to :func:`write_st
 """
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,17 +53,27 @@ def render(result: ScanResult, color: bool = False) -> str:
     line. Every finding is printed: GitHub shows only the first 10 annotations of each level
     per step, and the log keeps the rest."""
     lines: list[str] = []
-    for f in sorted(result.files, key=lambda x: x.path):
+    for f in sorted(result.files, key=repo_path):
+        path = text.safe(repo_path(f))
         if f.status is Status.ERROR:
-            lines.append(command("error", text.safe(f.path), f"picklegate ({SCAN_ERROR})",
-                                 f"{text.safe(f.path)}: "
-                                 f"{text.safe(f.error or 'the file could not be scanned')}"))
+            why = text.safe(f.error or "the file could not be scanned")
+            lines.append(command("error", path, f"picklegate ({SCAN_ERROR})", f"{path}: {why}"))
         for finding in sorted(f.findings, key=lambda x: x.sort_key):
-            lines.append(command("warning" if finding.warning else "error", text.safe(f.path),
+            lines.append(command("warning" if finding.warning else "error", path,
                                  f"picklegate ({finding.kind.value})",
-                                 annotation_message(f.path, finding)))
+                                 annotation_message(path, finding)))
     lines.append(one_line(text.summary(result)))
     return "\n".join(lines) + "\n"
+
+
+def repo_path(f: FileResult) -> str:
+    """The path GitHub attaches an annotation to: repository-relative with forward slashes,
+    as the diff names it (``./models/x.pkl`` would not attach). A file outside the repository
+    keeps its own path, normalised."""
+    if f.relpath is not None:
+        return f.relpath
+    path = f.path.replace(os.sep, "/") if os.sep != "/" else f.path
+    return posixpath.normpath(path)
 
 
 def annotation_message(path: str, finding: Finding) -> str:
@@ -103,7 +115,7 @@ def summary_markdown(result: ScanResult, limit: int = SUMMARY_LIMIT,
     clean = result.count(Status.CLEAN)
     bad = result.count(Status.VIOLATION)
     errors = result.count(Status.ERROR)
-    rows = [row for f in sorted(result.files, key=lambda x: x.path) for row in _rows(f)]
+    rows = [row for f in sorted(result.files, key=repo_path) for row in _rows(f)]
     warnings = sum(1 for f in result.files for x in f.findings if x.warning)
     ok = not bad and not errors
     head = [
@@ -143,8 +155,9 @@ def summary_markdown(result: ScanResult, limit: int = SUMMARY_LIMIT,
 
 def _rows(f: FileResult) -> list[str]:
     rows = []
+    path = repo_path(f)
     if f.status is Status.ERROR:
-        rows.append(_cells(f.path, None, None, "", SCAN_ERROR,
+        rows.append(_cells(path, None, None, "", SCAN_ERROR,
                            f.error or "the file could not be scanned"))
     for finding in sorted(f.findings, key=lambda x: x.sort_key):
         dotted = (f"{finding.module}.{finding.name}"
@@ -152,7 +165,7 @@ def _rows(f: FileResult) -> list[str]:
                   else finding.module or finding.name or "")
         times = f" ({finding.count} occurrences)" if finding.count > 1 else ""
         kind = finding.kind.value + (" (warning)" if finding.warning else "")
-        rows.append(_cells(f.path, finding.member, finding.offset, dotted, kind,
+        rows.append(_cells(path, finding.member, finding.offset, dotted, kind,
                            finding.message + times))
     return rows
 

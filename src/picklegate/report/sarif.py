@@ -9,11 +9,13 @@ What GitHub needs and what this module does about it:
   under ``%SRCROOT%``) and at ``region.startLine`` 1. Model files are binary and code scanning
   ignores byte offsets, so the archive member and the opcode offset go into ``message.text``,
   ``logicalLocations`` and ``properties``, never into the path;
-* ``partialFingerprints`` are computed here from (path, member, kind, module, name), without the
-  offset, so an alert survives retraining until the global goes away. ``primaryLocationLineHash``
-  carries the same value: without it ``upload-sarif`` hashes "line 1" of the binary file, which
-  changes whenever the weights do (codeql-action ``src/fingerprints.ts``; it keeps a value we
-  supply and only logs that its own differs).
+* ``partialFingerprints`` carry our own ``picklegate/v1`` value, computed here from (path,
+  member, kind, module, name) without the offset, so an alert survives retraining until the
+  global goes away. ``primaryLocationLineHash`` is not emitted: ``upload-sarif`` computes its
+  own from "line 1" of the file, and when a supplied value differs (ours always did) it logs a
+  mismatch warning for every result (codeql-action ``src/fingerprints.ts``);
+* ``tool.driver.informationUri`` is optional in SARIF and left out until the project has a
+  public address (a placeholder URL would send readers nowhere).
 
 Messages are plain text. SARIF reserves ``{``/``}`` (placeholders) and ``[text](target)``
 (embedded links) in them, and member and global names come from the scanned file, so those
@@ -38,7 +40,6 @@ from picklegate.report import json as json_report
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://github.com/your-org/picklegate"
 SRCROOT = "%SRCROOT%"
 FINGERPRINT_KEY = "picklegate/v1"
 SCAN_ERROR = "scan-error"
@@ -222,7 +223,6 @@ def document(result: ScanResult) -> dict[str, Any]:
                 "name": "picklegate",
                 "version": version,
                 "semanticVersion": version,
-                "informationUri": INFORMATION_URI,
                 "rules": [_rule(rule) for rule in RULES],
             }},
             "invocations": [invocation],
@@ -312,7 +312,7 @@ def _result(path: str, finding: Finding, index: int) -> dict[str, Any]:
         "level": "warning" if finding.warning else "error",
         "message": {"text": message_text(finding)},
         "locations": [location],
-        "partialFingerprints": {FINGERPRINT_KEY: digest, "primaryLocationLineHash": digest},
+        "partialFingerprints": {FINGERPRINT_KEY: digest},
         "properties": {
             "kind": finding.kind.value,
             "module": finding.module,
@@ -341,7 +341,7 @@ def _error_result(f: FileResult, index: int) -> dict[str, Any]:
             "artifactLocation": {**artifact_location(f.location), "index": index},
             "region": {"startLine": 1},
         }}],
-        "partialFingerprints": {FINGERPRINT_KEY: digest, "primaryLocationLineHash": digest},
+        "partialFingerprints": {FINGERPRINT_KEY: digest},
         "properties": {"kind": SCAN_ERROR, "error": f.error},
     }
 
