@@ -163,7 +163,10 @@ class Run:
 
 
 def run_once(tool: Tool, target: Path) -> Run:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "NO_COLOR": "1"}
+    # Bytecode caches on, as in any installed package (a checkout run with
+    # PYTHONDONTWRITEBYTECODE would recompile picklegate on every run, but not the peers).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(SRC), NO_COLOR="1")
     start = time.perf_counter()
     process = subprocess.Popen((*tool.argv, str(target)), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, env=env, cwd=target.parent)
@@ -200,6 +203,8 @@ def measure(corpus: Path, chosen: list[Case], runs: int) -> list[str]:
     for case in chosen:
         target = corpus / case.path
         rounds: dict[str, list[Run]] = {t.name: [] for t in available}
+        for tool in available:                       # warm the page and bytecode caches
+            run_once(tool, target)
         for _ in range(runs):
             for tool in available:
                 rounds[tool.name].append(run_once(tool, target))
