@@ -23,6 +23,7 @@ not installed is left out of the table. The table is Markdown, ready to paste in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import pickle
@@ -246,10 +247,8 @@ def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
     out = []
     for name in ("picklegate", "picklescan", "modelscan", "torch", "numpy", "scikit-learn"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            pass
     return ", ".join(out)
 
 
