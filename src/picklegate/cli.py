@@ -15,22 +15,27 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn, Sequence, TextIO, cast
 
-from picklegate import __version__, gitio, policy_init
-from picklegate.approve import NewApproval, approve_text, file_sha256
+from typing import TYPE_CHECKING
+
+from picklegate import __version__
 from picklegate.errors import PicklegateError, PolicyError, UsageError
 from picklegate.findings import ScanResult, Status
 from picklegate.policy import Policy, default_policy, load_policy, preset_names, utc_today
-from picklegate.policyfile import replace_file, validated
 from picklegate.report import FORMATS, reporter
-from picklegate.report.github import write_step_summary
 from picklegate.report.text import safe
-from picklegate.review import load_gadgets, review
-from picklegate.scan import ScanOptions, scan_sources
+from picklegate.scan import JOBS_THRESHOLD, ScanOptions, default_jobs, scan_sources
 from picklegate.sources import Source, file_sources, relative_to_root, without_excluded
+
+if TYPE_CHECKING:
+    from picklegate import gitio
+    from picklegate.policy_init import Plan
+
+# Start-up is part of every commit's hook run, so modules only some commands need are imported
+# where they are used: gitio (subprocess, tempfile) for git modes and directories, review for
+# `policy check`, the github reporter's step summary for --format github (README: Performance).
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 MACHINE_FORMATS = ("json", "sarif")     # stdout is one document, nothing else
@@ -193,6 +198,11 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
                       help="colour text output (auto: only on a terminal, never with NO_COLOR)")
     scan.add_argument("-v", "--verbose", action="store_true",
                       help="also print notes for clean files")
+    scan.add_argument("-j", "--jobs", metavar="N", type=_positive(int), default=None,
+                      help="scan files in N worker processes; the report is the same as a "
+                           "serial run, in the same order (default: one per CPU when more than "
+                           f"{JOBS_THRESHOLD} files are scanned and there is more than one "
+                           "CPU, else 1; --staged/--diff always scan serially)")
     scan.add_argument("--time-budget", metavar="SECONDS", type=_positive(float),
                       help="wall-clock time one file's analysis may take before it ends in a "
                            "limit-exceeded finding (default: 60; overrides the policy's limits)")
@@ -202,13 +212,15 @@ def _scan_parser(scan: argparse.ArgumentParser) -> None:
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    what = "a whole number of at least 1" if kind is int else "a positive number"
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            value = 0
         if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
         return value
     return parse
 
@@ -279,20 +291,43 @@ def run_scan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for target in args.output:
         check_writable(target.path)     # before the scan: a report that cannot land fails now
     if args.staged or args.diff:
+        from picklegate import gitio
         top = gitio.toplevel()
         with gitio.BlobStore(top) as store:
             selection, policy = _git_sources(args, top, store, err)
             for note in selection.notes:
                 print(f"picklegate: note: {safe(note)}", file=err)
+            # Git blobs come through the one `git cat-file --batch` process of this store,
+            # which workers cannot share: git modes scan serially (see --jobs).
             result = scan_sources(_excluding(selection.sources, args, policy), policy,
                                   _scan_options(args))
     else:
         here = _cwd_or_nothing()        # a deleted current directory: absolute paths still work
         root = find_root(here[0]) if here else None
         policy = resolve_policy(args.policy, root, err)
-        sources = file_sources(args.paths or ["."], root, gitio.work_tree_files)
-        result = scan_sources(_excluding(sources, args, policy), policy, _scan_options(args))
+        sources = _excluding(file_sources(args.paths or ["."], root, _work_tree_files), args,
+                             policy)
+        result = scan_sources(sources, policy, _scan_options(args),
+                              jobs=_jobs(args.jobs, len(sources)))
     return _report(args, result, out, err)
+
+
+def _work_tree_files(folder: str) -> list[str] | None:
+    """gitio's directory lister, imported only when a directory is actually searched."""
+    from picklegate import gitio
+    return gitio.work_tree_files(folder)
+
+
+def _jobs(given: int | None, files: int) -> int:
+    return given if given is not None else default_jobs(files, _cpu_count())
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _excluding(sources: Iterable[Source], args: argparse.Namespace,
@@ -342,6 +377,7 @@ def current_dir() -> Path:
 
 def _git_sources(args: argparse.Namespace, root: Path, store: gitio.BlobStore,
                  err: TextIO) -> tuple[gitio.Selection, Policy]:
+    from picklegate import gitio
     if args.staged:
         return gitio.staged_sources(root, store), resolve_policy(args.policy, root, err)
     rng = gitio.Range.parse(args.diff)
@@ -362,6 +398,8 @@ def _policy_changes(root: Path, rng: gitio.Range, explicit: str | None,
                     policy: Policy) -> list[str]:
     """Policy files (the one scan looks for and the files it extends) that differ between
     the base and the head of the range: changes this scan did not use."""
+    from picklegate import gitio
+
     names = [_repo_relative(explicit, root)] if explicit else list(POLICY_NAMES)
     names += [f for f in policy.files if not f.startswith("<") and f not in names]
     return [path for path in names
@@ -372,6 +410,7 @@ def _policy_changes(root: Path, rng: gitio.Range, explicit: str | None,
 def _policy_at(commit: str, label: str, explicit: str | None, root: Path,
                err: TextIO) -> Policy:
     """The policy as it is in the base commit, so a change cannot approve itself."""
+    from picklegate import gitio
     candidates = [_repo_relative(explicit, root)] if explicit else list(POLICY_NAMES)
     for path in candidates:
         if gitio.read_text_at(root, commit, path) is not None:
@@ -427,6 +466,7 @@ def _emit(args: argparse.Namespace, result: ScanResult, out: TextIO, err: TextIO
     for fmt, path in files:
         _write(path, documents[fmt])
     if "github" in (terminal, *documents):
+        from picklegate.report.github import write_step_summary
         try:
             write_step_summary(result, os.environ)
         except OSError as exc:
@@ -487,6 +527,8 @@ def run_policy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def example_policy() -> str:
     """The commented example, shipped as package data (the repository root holds a copy that
     tests keep identical)."""
+    from importlib import resources
+
     return (resources.files("picklegate") / "data" / "policy.example.yaml").read_text("utf-8")
 
 
@@ -496,8 +538,12 @@ def run_policy_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     target = args.output or os.path.relpath((root or here) / POLICY_NAMES[0])
     if target != "-" and os.path.lexists(target) and not args.force:
         raise UsageError(f"{target} already exists; edit it, or pass --force to replace it")
+    from picklegate import policy_init
+    from picklegate.policyfile import replace_file, validated
+    from picklegate.review import load_gadgets, review
+
     sources = file_sources(args.paths or [os.path.relpath(root or here)], root,
-                           gitio.work_tree_files)
+                           _work_tree_files)
     results = policy_init.inventory(sources)
     plan = policy_init.plan(results, load_gadgets(), policy_init.preset_policies(preset_names()))
     text = policy_init.render(plan, utc_today())
@@ -515,7 +561,7 @@ def run_policy_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_FINDINGS if plan.needs_review else EXIT_CLEAN
 
 
-def _init_summary(plan: policy_init.Plan, target: str, err: TextIO) -> None:
+def _init_summary(plan: Plan, target: str, err: TextIO) -> None:
     where = "the policy" if target == "-" else target
     print(f"picklegate: wrote {where} from {plan.files} model file(s): "
           f"{len(plan.presets)} preset(s), {len(plan.allow)} global(s) allowed exactly",
@@ -545,6 +591,9 @@ def _future_date(text: str) -> dt.date:
 
 
 def run_approve(args: argparse.Namespace, err: TextIO) -> int:
+    from picklegate.approve import NewApproval, approve_text, file_sha256
+    from picklegate.policyfile import replace_file, validated
+
     here = current_dir()
     root = find_root(here) or here
     policy_path = args.policy or _existing_policy(root)
@@ -588,6 +637,7 @@ def _encodable(text: str) -> bool:
 
 
 def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from picklegate.review import review
     root = find_root(current_dir()) or current_dir()
     policies = [load_policy(p) for p in args.policies] if args.policies else \
         [resolve_policy(None, root, err)]

@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import hashlib
 import os
 import re
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-import yaml
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from picklegate.errors import PolicyError
 from picklegate.limits import LIMIT_NAMES
+
+if TYPE_CHECKING:
+    import yaml
+# Otherwise PyYAML (~10 ms to import) is imported by _read_yaml, which every use of a yaml
+# name below follows: the built-in presets load from a generated cache without it.
 
 SCHEMA_VERSION = 1
 DEFAULT_PRESETS = ("builtins-safe", "torch", "numpy")
@@ -182,6 +184,7 @@ def utc_today() -> dt.date:
 
 
 def sha256_hex(data: bytes) -> str:
+    import hashlib                  # (OpenSSL: only when a file has an approval to check)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -377,7 +380,25 @@ def default_policy() -> Policy:
     return load_presets(DEFAULT_PRESETS, "built-in default (" + " + ".join(DEFAULT_PRESETS) + ")")
 
 
+def _preset_text(name: str) -> str | None:
+    """A preset's YAML. Read next to this module when the package is a directory (always, in
+    practice): importlib.resources imports tempfile and zipfile, a few ms of start-up."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        return None
+    here = os.path.join(os.path.dirname(__file__), "presets")
+    if os.path.isdir(here):
+        path = os.path.join(here, f"{name}.yaml")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    from importlib import resources
+    resource = resources.files("picklegate") / "presets" / f"{name}.yaml"
+    return resource.read_text(encoding="utf-8") if resource.is_file() else None
+
+
 def preset_names() -> list[str]:
+    from importlib import resources
     folder = resources.files("picklegate") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
@@ -403,6 +424,8 @@ def _finish(source: str, b: _Builder) -> Policy:
 
 
 def _read_yaml(text: str, display: str) -> yaml.Node:
+    global yaml
+    import yaml
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -428,14 +451,80 @@ def _load_preset(name: str, b: _Builder, stack: tuple[str, ...], node: yaml.Node
     key = f"preset:{name}"
     if key in stack:
         raise reader.error(node, f"extends cycle: preset {name!r} extends itself")
-    resource = resources.files("picklegate") / "presets" / f"{name}.yaml"
-    if not resource.is_file():
+    text = _preset_text(name)
+    if text is None:
         raise reader.error(node, f"unknown preset {name!r}; {did_you_mean(name, preset_names())}"
                                  f"available presets: {', '.join(preset_names())} (or a relative "
                                  "path ending in .yaml)")
+    if _replay_cached(name, text, b):
+        return
     display = f"<preset {name}>"
     b.files.append(display)
-    _load_text(resource.read_text(encoding="utf-8"), display, None, b, stack + (key,), None)
+    _load_text(text, display, None, b, stack + (key,), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in presets, parsed ahead of time (picklegate/_preset_cache.py, written by
+# tools/gen_preset_cache.py): parsing them with PyYAML is most of a small scan's start-up.
+# Each entry is what loading that preset alone adds to a _Builder. It is used only when the
+# preset's text still has the CRC-32 and length recorded (an edited preset is parsed again),
+# and tests/test_preset_cache.py checks that it equals the YAML and is up to date. Plain
+# literals, never pickle.
+
+
+def preset_stamp(text: str) -> tuple[int, int]:
+    data = text.encode("utf-8")
+    return (zlib.crc32(data), len(data))
+
+
+def _replay_cached(name: str, text: str, b: _Builder) -> bool:
+    if not USE_PRESET_CACHE:
+        return False
+    from picklegate._preset_cache import PRESETS
+    cached = PRESETS.get(name)
+    if cached is None or tuple(cached["stamp"]) != preset_stamp(text):
+        return False
+    b.files.extend(cached["files"])
+    b.allow.extend(_cached_entry(e) for e in cached["allow"])
+    b.deny.extend(_cached_entry(e) for e in cached["deny"])
+    b.settings.update(cached["settings"])
+    b.exclude.extend(cached["exclude"])
+    return True
+
+
+USE_PRESET_CACHE = True              # tests turn it off to compare with the YAML
+
+
+def _cached_entry(row: tuple[Any, ...]) -> Entry:
+    module, subtree, star, names, (path, line, column), reason, expires = row
+    return Entry(module, subtree, star, frozenset(names), Origin(path, line, column), reason,
+                 dt.date.fromisoformat(expires) if expires is not None else None)
+
+
+def cache_rows(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What tools/gen_preset_cache.py writes: each preset parsed from its YAML alone."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        b = _Builder()
+        text = _preset_text(name)
+        if text is None:
+            raise ValueError(f"no preset {name!r}")
+        display = f"<preset {name}>"
+        b.files.append(display)
+        _load_text(text, display, None, b, (f"preset:{name}",), None)
+        if b.rules or b.approved:
+            raise ValueError(f"preset {name}: rules and approvals are not cached")
+        rows[name] = {"stamp": preset_stamp(text), "files": b.files,
+                      "allow": [_entry_row(e) for e in b.allow],
+                      "deny": [_entry_row(e) for e in b.deny],
+                      "settings": b.settings, "exclude": b.exclude}
+    return rows
+
+
+def _entry_row(e: Entry) -> tuple[Any, ...]:
+    return (e.module, e.subtree, e.star, tuple(sorted(e.names)),
+            (e.origin.path, e.origin.line, e.origin.column), e.reason,
+            e.expires.isoformat() if e.expires is not None else None)
 
 
 def _load_text(text: str, display: str, folder: str | None, b: _Builder,
@@ -476,7 +565,7 @@ def _version_ok(r: _Node, root: yaml.Node, top: dict[str, yaml.Node]) -> bool:
     return False
 
 
-_Reader = Callable[[_Node, yaml.Node, "str | None", _Builder, "tuple[str, ...]",
+_Reader = Callable[[_Node, "yaml.Node", "str | None", _Builder, "tuple[str, ...]",
                     "PolicyReader | None"], None]
 
 

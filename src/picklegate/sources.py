@@ -18,9 +18,9 @@ import mmap
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from picklegate.errors import SourceError
@@ -53,6 +53,9 @@ def is_model_name(path: str) -> bool:
 class Source:
     display: str                    # the path as the user gave it (or repo-relative for git)
     relpath: str | None             # repository-relative, forward slashes, for path rules
+    # Files and broken paths read through a functools.partial of a module-level function, so
+    # the source pickles and a --jobs worker re-opens the file itself (scan.py). Git blobs
+    # read through the scan's one `git cat-file` process and stay in the parent.
     read: Callable[[], Buffer]
 
 
@@ -75,6 +78,7 @@ def spool(read: Callable[[int], bytes], size: int) -> Buffer:
 
 
 def _spool_to_disk(read: Callable[[int], bytes], size: int) -> Buffer:
+    import tempfile                 # (shutil, random, weakref: only for large files)
     try:
         with tempfile.TemporaryFile(prefix="picklegate-") as handle:
             done = 0
@@ -225,14 +229,17 @@ def _walk(folder: str, root: Path | None, lister: Lister | None,
 
 def _file(path: str, root: Path | None) -> Source:
     return Source(display=path, relpath=relative_to_root(path, root),
-                  read=lambda: read_file(path))
+                  read=partial(read_file, path))
 
 
 def broken(path: str, root: Path | None, message: str) -> Source:
     """A path that cannot be scanned: its read fails with ``message`` (an error result)."""
-    def read() -> Buffer:
-        raise SourceError(message)
-    return Source(display=path, relpath=relative_to_root(path, root), read=read)
+    return Source(display=path, relpath=relative_to_root(path, root),
+                  read=partial(_unreadable, message))
+
+
+def _unreadable(message: str) -> Buffer:
+    raise SourceError(message)
 
 
 def relative_to_root(path: str, root: Path | None) -> str | None:

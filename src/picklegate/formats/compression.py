@@ -12,7 +12,6 @@ import bz2
 import contextlib
 import lzma
 import mmap
-import tempfile
 import zlib
 from typing import IO, Any, Callable
 
@@ -72,6 +71,8 @@ class Spill:
 
     def write(self, data: bytes) -> None:
         if self._file is None and self.size + len(data) > SPILL_AT:
+            import tempfile             # (start-up: only when something is that large)
+
             self._file = tempfile.TemporaryFile(prefix="picklegate-")  # noqa: SIM115 - kept
             self._file.write(self._memory)
             self._memory = bytearray()
