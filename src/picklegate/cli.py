@@ -15,9 +15,12 @@ from typing import Iterable, NoReturn, Sequence, TextIO, cast
 
 from picklegate import __version__, gitio
 from picklegate.errors import PicklegateError, UsageError
+from picklegate.explain import explain_bytes
 from picklegate.findings import ScanResult, Status
 from picklegate.policy import Policy, default_policy, load_policy, utc_today
 from picklegate.report import FORMATS, reporter
+from picklegate.report import json as json_report
+from picklegate.report import text as text_report
 from picklegate.report.github import write_step_summary
 from picklegate.report.text import safe
 from picklegate.review import review
@@ -51,7 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate policies and warn about gadgets, expiry and stale approvals")
     check.add_argument("policies", nargs="*", metavar="POLICY",
                        help="policy files (default: the one scan would use)")
+    _explain_parser(commands.add_parser(
+        "explain", help="a reviewer's view of each import in one file: where it is, how the "
+                        "pickle uses it, what in the policy decides it, its risk"))
     return parser
+
+
+def _explain_parser(explain: argparse.ArgumentParser) -> None:
+    explain.add_argument("file", metavar="FILE", help="the model file to explain")
+    explain.add_argument("--member", metavar="M",
+                         help="only the imports of this archive member (as reports name it)")
+    explain.add_argument("--format", choices=("text", "json"), default="text",
+                         help="output format")
+    explain.add_argument("--policy", metavar="FILE",
+                         help="policy file (default: the one scan would use)")
 
 
 def _scan_parser(scan: argparse.ArgumentParser) -> None:
@@ -87,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "policy":
             return run_policy_check(args, out, sys.stderr)
+        if args.command == "explain":
+            return run_explain(args, out, sys.stderr)
         return run_scan(args, out, sys.stderr)
     except PicklegateError as exc:
         _say(f"picklegate: error: {exc}")
@@ -276,6 +294,31 @@ def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     names = ", ".join(p.source for p in policies)
     out.write(f"picklegate: {len(problems)} problem(s) in {names}\n")
     return EXIT_FINDINGS if problems else EXIT_CLEAN
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+
+
+def run_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Exit 0 when the policy allows every import shown, 1 when one would be a finding."""
+    here = _cwd_or_nothing()
+    root = find_root(here[0]) if here else None
+    policy = resolve_policy(args.policy, root, err)
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {safe(args.file)}: {exc.strerror or exc}") from None
+    relpath = None
+    if root is not None:
+        try:
+            relpath = Path(os.path.abspath(args.file)).relative_to(root.resolve()).as_posix()
+        except ValueError:
+            relpath = None
+    explanation = explain_bytes(data, policy, args.file, relpath, member=args.member)
+    render = json_report.render_explain if args.format == "json" else text_report.render_explain
+    out.write(render(explanation))
+    return EXIT_FINDINGS if any(x.kind is not None for x in explanation.imports) else EXIT_CLEAN
 
 
 # ---------------------------------------------------------------------------------------------

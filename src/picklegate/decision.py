@@ -23,7 +23,7 @@ def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, po
     notes = list(analysis.notes)
     merged = merge_findings(findings)
     if merged and policy.approval_for(relpath):
-        approved, why = _approval(buf, policy, relpath, today)
+        approved, why = approval(buf, policy, relpath, today)
         notes.append(why)
         if approved:
             merged = []
@@ -99,8 +99,9 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(merged.values(), key=lambda f: f.sort_key)
 
 
-def _approval(buf: Buffer, policy: Policy, relpath: str | None,
+def approval(buf: Buffer, policy: Policy, relpath: str | None,
               today: dt.date) -> tuple[bool, str]:
+    """Whether an approval of ``relpath`` applies to these bytes, and why (or why not)."""
     digest = sha256_hex(bytes(buf[0:len(buf)]))
     reasons = []
     for approval in policy.approval_for(relpath):

@@ -12,7 +12,7 @@ class FindingKind(str, Enum):
     """The stable rule codes, documented in docs/finding-kinds.md (a test keeps that document,
     this enum and the SARIF rules in step)."""
 
-    GADGET = "gadget"                    # an import of a known code-execution gadget (data/gadgets.yaml)
+    GADGET = "gadget"                    # a known code-execution gadget (data/gadgets.yaml)
     NOT_ALLOWED = "not-allowed"          # an import the policy does not allow: a policy gap
     DENIED = "denied"                    # an import a deny entry names
     UNRESOLVED = "unresolved"            # an import whose target cannot be proven (STACK_GLOBAL, EXT*)

@@ -71,7 +71,8 @@ TORCH_ZIP_CASES = {
     "data.pkl STACK_GLOBAL via memo":
         (lambda: rezip(PT, replace={DATA_PKL: EVIL_SG}), {(GADGET, SYSTEM, DATA_PKL)}),
     "extra pickle member":
-        (lambda: rezip(PT, add=[(f"{PRE}/extra.pkl", EVIL)]), {(GADGET, SYSTEM, f"{PRE}/extra.pkl")}),
+        (lambda: rezip(PT, add=[(f"{PRE}/extra.pkl", EVIL)]),
+         {(GADGET, SYSTEM, f"{PRE}/extra.pkl")}),
     "innocent name, protocol 2":
         (lambda: rezip(PT, add=[(f"{PRE}/notes", EVIL)]), {(GADGET, SYSTEM, f"{PRE}/notes")}),
     "innocent name, protocol 0":

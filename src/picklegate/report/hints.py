@@ -100,7 +100,7 @@ def allow_line(module: str, names: Iterable[str]) -> str:
 # presets
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset(name: str) -> Policy:
     return load_presets([name], f"preset {name}")
 

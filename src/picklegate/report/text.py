@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import replace
 
+from picklegate.explain import Explained, Explanation
 from picklegate.findings import TRIAGE_ORDER, FileResult, Finding, ScanResult, Status
 from picklegate.report import hints
 
@@ -129,3 +130,38 @@ def summary(result: ScanResult, color: bool = False) -> str:
     text = (f"picklegate: {len(result.files)} file(s) scanned: {clean} clean, "
             f"{bad} with violations, {errors} unreadable (policy: {safe(result.policy)})")
     return _paint(text, GREEN if not bad and not errors else RED, color)
+
+
+# ---------------------------------------------------------------------------------------------
+# picklegate explain
+
+
+def render_explain(explanation: Explanation) -> str:
+    """One block per global: where, how it is used, what decides it, its risk."""
+    count = len(explanation.imports)
+    lines = [f"{safe(explanation.path)} ({explanation.format}): "
+             f"{_plural(count, 'distinct import')} (policy: {safe(explanation.policy)})"]
+    if explanation.approval:
+        lines.append(f"  approval: {safe(explanation.approval)}")
+    for x in explanation.imports:
+        lines += [""] + [safe(line) for line in _explained(x)]
+    return "\n".join(lines) + "\n"
+
+
+def _explained(x: Explained) -> list[str]:
+    label = x.kind.value if x.kind is not None else "allowed"
+    where = (f"member {x.member}, " if x.member is not None else "") + \
+        f"offset {x.offset}, {x.opcode}"
+    if x.count > 1:
+        where += f" ({x.count} times)"
+    if x.written_as:
+        where += f"; written as {x.written_as}"
+    lines = [f"{x.dotted} [{label}]", f"  where:   {where}"]
+    lines += [f"  use:     {use}" for use in x.uses]
+    if x.more_uses:
+        lines.append(f"  use:     ... and {x.more_uses} more")
+    lines.append(f"  policy:  {x.decided_by}")
+    if x.risk is not None:
+        refs = f" (see {x.references[0]})" if x.references else ""
+        lines.append(f"  risk:    known gadget: {x.risk}{refs}")
+    return lines
