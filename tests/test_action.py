@@ -221,7 +221,7 @@ def test_action_steps_install_into_a_venv_and_scan_once(tmp_path: Path):
     scan = subprocess.run(("bash", "-e", "-c", steps()["Scan model files"]["run"]), cwd=repo,
                           env=scan_env, capture_output=True, text=True, timeout=300, check=False)
     assert scan.returncode == 1, scan.stdout + scan.stderr
-    assert scan.stdout.startswith("::error file=m/evil.pkl,line=1,title=picklegate (not-allowed)")
+    assert scan.stdout.startswith("::error file=m/evil.pkl,line=1,title=picklegate (gadget)")
     sarif = (repo / "picklegate.sarif").read_text(encoding="utf-8")
     assert '"uri": "m/evil.pkl"' in sarif and "posix.system" in sarif
     assert "posix.system" in (tmp_path / "summary.md").read_text(encoding="utf-8")

@@ -40,9 +40,12 @@ MULTI = (b"\x80\x02" + b"cposix\ngetcwd\n" + b"cposix\ngetpid\n" + b"cbuiltins\n
 
 STRICT = "version: 1\nallow:\n  collections: [OrderedDict]\n"
 ALLOW_GETCWD = f"version: 1\nallow:\n  {os.getcwd.__module__}: [getcwd]\n"
+# posix.getcwd is on the gadget list (the whole posix module is): every planted import here
+# is a gadget finding. The text report groups findings under their file's line.
 FINDING_LINE = re.compile(
-    r"^(?P<path>.+): offset (?P<offset>\d+): (?P<dotted>[\w.]+) is not allowed by policy "
-    r"\((?P<why>.+)\) \[not-allowed\]$")
+    r"^  offset (?P<offset>\d+): (?P<dotted>[\w.]+) is a known code-execution gadget: .+; "
+    r"never allow it \((?P<why>.+)\)(?: \(\d+ occurrences\))? \[gadget\]$")
+GADGET_TEXT = "is a known code-execution gadget"
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -103,7 +106,7 @@ def test_not_allowed_import_exits_1(repo: Path, capsys: pytest.CaptureFixture[st
     write(repo / "evil.pkl", data)
     code, out, err = run(capsys, "scan", "--policy", "policy.yaml", "evil.pkl")
     assert code == 1
-    assert f"{GETCWD} is not allowed by policy" in out
+    assert f"{GETCWD} {GADGET_TEXT}" in out
     assert err == ""
 
 
@@ -112,7 +115,7 @@ def test_no_paths_scans_the_current_directory(repo: Path,
     write(repo / "models" / "evil.pkl", EVIL)
     code, out, _ = run(capsys, "scan", "--policy", "policy.yaml")
     assert code == 1
-    assert out.startswith(f"./models/evil.pkl: offset 2: {GETCWD} is not allowed")
+    assert out.startswith(f"./models/evil.pkl: 1 problem\n  offset 2: {GETCWD} {GADGET_TEXT}")
 
 
 def test_unreadable_file_exits_2_and_still_reports_the_rest(
@@ -122,8 +125,9 @@ def test_unreadable_file_exits_2_and_still_reports_the_rest(
     code, out, _ = run(capsys, "scan", "--policy", "policy.yaml", "evil.pkl", "dangling.pkl")
     assert code == 2                                            # 2 wins over 1
     lines = out.splitlines()
-    assert lines[0].startswith(f"evil.pkl: offset 2: {GETCWD} is not allowed")
-    assert lines[1].startswith("dangling.pkl: error: ")
+    assert lines[0] == "evil.pkl: 1 problem"
+    assert lines[1].startswith(f"  offset 2: {GETCWD} {GADGET_TEXT}")
+    assert lines[2].startswith("dangling.pkl: error: ")
     assert lines[-1] == ("picklegate: 2 file(s) scanned: 0 clean, 1 with violations, "
                          "1 unreadable (policy: policy.yaml)")
 
@@ -137,7 +141,7 @@ def test_missing_file_exits_2_with_one_line(repo: Path,
     assert out.count("missing.pkl: error: cannot read: No such file or directory\n") == 1
     assert err == ""
     # the other file is still scanned and reported
-    assert out.startswith(f"evil.pkl: offset 2: {GETCWD} is not allowed")
+    assert out.startswith(f"evil.pkl: 1 problem\n  offset 2: {GETCWD} {GADGET_TEXT}")
 
 
 @pytest.mark.parametrize("argv", [
@@ -224,10 +228,10 @@ def test_json_document_shape(repo: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert list(finding) == ["kind", "severity", "module", "name", "member", "offset", "count",
                              "message"]
     assert {k: v for k, v in finding.items() if k != "message"} == {
-        "kind": "not-allowed", "severity": "error", "module": module, "name": name,
+        "kind": "gadget", "severity": "error", "module": module, "name": name,
         "member": None, "offset": 2, "count": 1}
-    assert finding["message"] == \
-        f"{GETCWD} is not allowed by policy (no allow entry names it; GLOBAL)"
+    assert finding["message"].startswith(f"{GETCWD} {GADGET_TEXT}: ")
+    assert finding["message"].endswith("; never allow it (no allow entry names it; GLOBAL)")
     assert evil["imports"] == [{"module": module, "name": name, "member": None, "offset": 2,
                                 "count": 1}]
     assert (broken["path"], broken["status"], broken["findings"]) == ("dangling.pkl", "error", [])
@@ -250,10 +254,11 @@ def test_text_lines(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(repo / "evil.pkl", EVIL)
     code, out, _ = run(capsys, "scan", "--policy", "policy.yaml", "clean.pkl", "evil.pkl")
     assert code == 1
-    finding, summary = out.splitlines()
+    head, finding, summary = out.splitlines()
+    assert head == "evil.pkl: 1 problem"
     match = FINDING_LINE.match(finding)
     assert match is not None, finding
-    assert (match["path"], match["offset"], match["dotted"]) == ("evil.pkl", "2", GETCWD)
+    assert (match["offset"], match["dotted"]) == ("2", GETCWD)
     assert match["why"] == "no allow entry names it; GLOBAL"
     assert summary == ("picklegate: 2 file(s) scanned: 1 clean, 1 with violations, "
                        "0 unreadable (policy: policy.yaml)")
@@ -268,13 +273,14 @@ def test_denied_and_expired_lines(repo: Path, capsys: pytest.CaptureFixture[str]
     write(repo / "evil.pkl", EVIL)
     code, out, _ = run(capsys, "scan", "--policy", "deny.yaml", "evil.pkl")
     assert code == 1
-    assert out.splitlines()[0] == (f"evil.pkl: offset 2: {GETCWD} is denied by policy "
-                                   f"(deny entry {module} at deny.yaml:5:3) [denied]")
+    assert out.splitlines()[:2] == ["evil.pkl: 1 problem",
+                                    f"  offset 2: {GETCWD} is denied by policy "
+                                    f"(deny entry {module} at deny.yaml:5:3) [denied]"]
     code, out, _ = run(capsys, "scan", "--policy", "expired.yaml", "evil.pkl")
     assert code == 1
-    assert out.splitlines()[0] == (
-        f"evil.pkl: offset 2: {GETCWD} is not allowed by policy (the allow entry at "
-        "expired.yaml:4:7 expired on 2020-01-31; GLOBAL) [not-allowed]")
+    match = FINDING_LINE.match(out.splitlines()[1])
+    assert match is not None, out
+    assert match["why"] == "the allow entry at expired.yaml:4:7 expired on 2020-01-31; GLOBAL"
 
 
 def test_every_not_allowed_import_is_reported(repo: Path,
@@ -285,7 +291,8 @@ def test_every_not_allowed_import_is_reported(repo: Path,
     found = [FINDING_LINE.match(line) for line in out.splitlines()[:-1]]
     assert [(m["offset"], m["dotted"]) for m in found if m] == \
         [("2", "posix.getcwd"), ("16", "posix.getpid"), ("30", "builtins.exec")]
-    assert "(2 occurrences)" in out.splitlines()[0]
+    assert "(2 occurrences)" in out.splitlines()[1]
+    assert not any("hint:" in line for line in out.splitlines())      # gadgets get no hint
     code, doc = scan_json(capsys, "--policy", "policy.yaml", "multi.pkl")
     assert [(f["module"], f["name"], f["offset"]) for f in doc["files"][0]["findings"]] == \
         [("posix", "getcwd", 2), ("posix", "getpid", 16), ("builtins", "exec", 30)]
@@ -298,7 +305,8 @@ def test_paths_are_reported_as_given(repo: Path, capsys: pytest.CaptureFixture[s
     assert code == 1
     assert [f["path"] for f in doc["files"]] == given
     code, out, _ = run(capsys, "scan", "--policy", "policy.yaml", *given)
-    assert [line.split(": offset")[0] for line in out.splitlines()[:-1]] == given
+    assert [line.split(": 1 problem")[0] for line in out.splitlines()[:-1]
+            if not line.startswith(" ")] == given
 
 
 def test_directory_recursion_picks_model_files_only(repo: Path,
@@ -322,7 +330,7 @@ def test_explicit_files_are_scanned_whatever_their_name(
     write(repo / "notes.txt", EVIL)
     code, out, _ = run(capsys, "scan", "--policy", "policy.yaml", "notes.txt")
     assert code == 1
-    assert out.startswith(f"notes.txt: offset 2: {GETCWD} is not allowed")
+    assert out.startswith(f"notes.txt: 1 problem\n  offset 2: {GETCWD} {GADGET_TEXT}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +415,7 @@ def test_color_flag(repo: Path, capsys: pytest.CaptureFixture[str],
     assert code == 1
     assert (ANSI in out) is coloured
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
-    assert plain.startswith(f"evil.pkl: offset 2: {GETCWD} is not allowed")
+    assert plain.startswith(f"evil.pkl: 1 problem\n  offset 2: {GETCWD} {GADGET_TEXT}")
 
 
 class _Tty(io.StringIO):

@@ -88,14 +88,14 @@ def test_approval_applies_through_its_expiry_day_and_not_after(tmp_path):
 def test_expired_allow_entry_says_why(tmp_path):
     pol = policy(tmp_path, """version: 1
 allow:
-  posix:
-    - {name: getcwd, reason: "temporary", expires: 2026-01-01}
+  mymodels.net:
+    - {name: TinyNet, reason: "temporary", expires: 2026-01-01}
 """)
-    result = scan(global_call("posix", "getcwd"), pol, "a.pkl")
+    result = scan(global_call("mymodels.net", "TinyNet"), pol, "a.pkl")
     [finding] = result.findings
     assert finding.kind is FindingKind.NOT_ALLOWED
     assert "expired on 2026-01-01" in finding.message
-    assert scan(global_call("posix", "getcwd"), pol, "a.pkl",
+    assert scan(global_call("mymodels.net", "TinyNet"), pol, "a.pkl",
                 dt.date(2025, 12, 31)).status is Status.CLEAN
 
 
@@ -171,7 +171,7 @@ def test_approval_hashes_a_memory_mapped_file_without_copying_it(tmp_path):
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         tracemalloc.start()
         try:
-            approved, why = decision._approval(mm, pol, "models/big.pkl", TODAY)
+            approved, why = decision.approval(mm, pol, "models/big.pkl", TODAY)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -180,7 +180,7 @@ def test_output_piped_into_head_ends_quietly_with_the_scans_exit_code(tmp_path):
     done = subprocess.run(("bash", "-c", cmd), cwd=tmp_path, env=env(), capture_output=True,
                           text=True, timeout=300)
     assert done.stdout.splitlines()[-1] == "rc=1"
-    assert done.stdout.splitlines()[0].startswith("./m0000.pkl: offset 2:")
+    assert done.stdout.splitlines()[0] == "./m0000.pkl: 1 problem"
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
@@ -302,7 +302,7 @@ def test_enormous_global_name_is_shortened_with_its_length(tree):
     (tree / "big.pkl").write_bytes(_global(b"os", name))
     done = picklegate("scan", "--policy", "policy.yaml", "big.pkl", cwd=tree)
     assert done.returncode == 1
-    line = done.stdout.decode().splitlines()[0]
+    line = done.stdout.decode().splitlines()[1]
     assert len(line) < 5000
     assert "characters left out]" in line and "of 5000" in line   # os.xxxx…: 5000003 chars
 
@@ -322,7 +322,7 @@ def test_deleted_current_directory_does_not_crash(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"{GETCWD} is not allowed" in done.stdout
+    assert f"{GETCWD} is a known code-execution gadget" in done.stdout
     script = script.replace(repr(str(tmp_path / "m.pkl")), "'.'")
     done = subprocess.run((sys.executable, "-c", script), env=env(), capture_output=True,
                           text=True, timeout=120)

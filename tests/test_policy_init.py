@@ -89,7 +89,7 @@ def test_init_policy_passes_benign_files_fails_malicious_ones_and_allows_no_gadg
         result = scan_bytes((repo / target).read_bytes(), policy, target)
         assert result.status is Status.VIOLATION
         assert [(f.kind, f"{f.module}.{f.name}") for f in result.findings] == [
-            (FindingKind.NOT_ALLOWED, dotted)]
+            (FindingKind.GADGET, dotted)]
     # No gadget in what the file allows, and policy check has nothing to say.
     assert review(policy, TODAY, repo, load_gadgets()) == []
     document = yaml.safe_load(text)

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     _approve_parser(commands.add_parser(
         "approve", help="approve one file by its sha256 in the policy", epilog=APPROVE_EPILOG,
         formatter_class=_Raw))
+    _explain_parser(commands.add_parser(
+        "explain", help="a reviewer's view of each import in one file: where it is, how the "
+                        "pickle uses it, what in the policy decides it, its risk",
+        epilog=EXPLAIN_EPILOG, formatter_class=_Raw))
     return parser
 
 
@@ -121,6 +125,16 @@ examples:
 exit codes:
   0  printed
 """
+EXPLAIN_EPILOG = """\
+examples:
+  picklegate explain models/model.pt
+  picklegate explain models/model.pt --member archive/data.pkl --format json
+
+exit codes:
+  0  the policy allows every import shown
+  1  at least one import shown would be a finding
+  2  the file cannot be read, or a usage or policy error
+"""
 APPROVE_EPILOG = """\
 examples:
   picklegate approve models/legacy.pkl --reason "reviewed in SEC-123" --owner @ml-platform
@@ -169,6 +183,16 @@ def _approve_parser(approve: argparse.ArgumentParser) -> None:
     approve.add_argument("--policy", metavar="FILE",
                          help="policy file to edit (default: .picklegate.yaml at the "
                               "repository root)")
+
+
+def _explain_parser(explain: argparse.ArgumentParser) -> None:
+    explain.add_argument("file", metavar="FILE", help="the model file to explain")
+    explain.add_argument("--member", metavar="M",
+                         help="only the imports of this archive member (as reports name it)")
+    explain.add_argument("--format", choices=("text", "json"), default="text",
+                         help="output format")
+    explain.add_argument("--policy", metavar="FILE",
+                         help="policy file (default: the one scan would use)")
 
 
 def _scan_parser(scan: argparse.ArgumentParser) -> None:
@@ -238,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_policy(args, out, sys.stderr)
         if args.command == "approve":
             return run_approve(args, sys.stderr)
+        if args.command == "explain":
+            return run_explain(args, out, sys.stderr)
         return run_scan(args, out, sys.stderr)
     except PolicyError as exc:         # every problem of the policy, one per line
         for line in exc.lines():
@@ -647,6 +673,35 @@ def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     names = ", ".join(p.source for p in policies)
     out.write(f"picklegate: {len(problems)} problem(s) in {names}\n")
     return EXIT_FINDINGS if problems else EXIT_CLEAN
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+
+
+def run_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Exit 0 when the policy allows every import shown, 1 when one would be a finding."""
+    here = _cwd_or_nothing()
+    root = find_root(here[0]) if here else None
+    policy = resolve_policy(args.policy, root, err)
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {safe(args.file)}: {exc.strerror or exc}") from None
+    relpath = None
+    if root is not None:
+        try:
+            relpath = Path(os.path.abspath(args.file)).relative_to(root.resolve()).as_posix()
+        except ValueError:
+            relpath = None
+    from picklegate.explain import explain_bytes
+    from picklegate.report import json as json_report
+    from picklegate.report import text as text_report
+
+    explanation = explain_bytes(data, policy, args.file, relpath, member=args.member)
+    render = json_report.render_explain if args.format == "json" else text_report.render_explain
+    out.write(render(explanation))
+    return EXIT_FINDINGS if any(x.kind is not None for x in explanation.imports) else EXIT_CLEAN
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,11 +9,15 @@ import datetime as dt
 import hashlib
 import mmap
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from picklegate.findings import FileResult, Finding, FindingKind, GlobalRef, Inventory, Status
 from picklegate.formats import Analysis
 from picklegate.machine import Buffer
 from picklegate.policy import Decision, Policy, Verdict
+
+if TYPE_CHECKING:
+    from picklegate.review import Gadget
 
 
 def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, policy: Policy,
@@ -24,7 +28,7 @@ def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, po
     notes = list(analysis.notes)
     merged = merge_findings(findings)
     if merged and policy.approval_for(relpath):
-        approved, why = _approval(buf, policy, relpath, today)
+        approved, why = approval(buf, policy, relpath, today)
         notes.append(why)
         if approved:
             merged = []
@@ -37,14 +41,29 @@ def judge(display: str, relpath: str | None, buf: Buffer, analysis: Analysis, po
 def _import_finding(ref: GlobalRef, policy: Policy, relpath: str | None,
                     today: dt.date) -> Finding | None:
     decision = policy.decide(ref.module, ref.name, relpath, today)
-    if decision.verdict is Verdict.ALLOWED:
+    kind, gadget = classify(ref, decision)
+    if kind is None:
         return None
-    kind = FindingKind.DENIED if decision.verdict is Verdict.DENIED else FindingKind.NOT_ALLOWED
-    return Finding(kind=kind, message=import_message(ref, decision), module=ref.module,
+    return Finding(kind=kind, message=import_message(ref, decision, gadget), module=ref.module,
                    name=ref.name, member=ref.member, offset=ref.offset)
 
 
-def import_message(ref: GlobalRef, decision: Decision) -> str:
+def classify(ref: GlobalRef, decision: Decision) -> tuple[FindingKind | None, Gadget | None]:
+    """The kind of finding an import gets under ``decision`` (None: allowed), and the gadget
+    entry that names it. A deny entry decides first: it is the policy owners' explicit word.
+    A global that is merely absent from the allowlist is a policy gap unless the gadget list
+    knows it as an attack."""
+    if decision.verdict is Verdict.ALLOWED:
+        return None, None
+    from picklegate.review import known_gadget   # (start-up: only once an import is refused)
+
+    gadget = known_gadget(ref.module, ref.name)
+    if decision.verdict is Verdict.DENIED:
+        return FindingKind.DENIED, gadget
+    return (FindingKind.NOT_ALLOWED if gadget is None else FindingKind.GADGET), gadget
+
+
+def import_message(ref: GlobalRef, decision: Decision, gadget: Gadget | None = None) -> str:
     written = f"; written as {ref.written_as}, which Python 3 imports as {ref.dotted}" \
         if ref.written_as else ""
     if decision.verdict is Verdict.DENIED and decision.entry is not None:
@@ -55,7 +74,12 @@ def import_message(ref: GlobalRef, decision: Decision) -> str:
         why = f"the allow entry at {entry.origin} expired on {entry.expires}"
     else:
         why = "no allow entry names it"
-    return f"{ref.dotted} is not allowed by policy ({why}; {ref.opcode}){written}"
+    if gadget is not None and decision.verdict is Verdict.NOT_ALLOWED:
+        label = " ".join(gadget.why.split())
+        return (f"{ref.dotted} is a known code-execution gadget: {label}; never allow it "
+                f"({why}; {ref.opcode}){written}")
+    return (f"{ref.dotted} is not in the allowlist: a policy gap, not a known gadget ({why}; "
+            f"{ref.opcode}){written}")
 
 
 def _settle(findings: Iterable[Finding], policy: Policy) -> list[Finding]:
@@ -82,8 +106,9 @@ def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(merged.values(), key=lambda f: f.sort_key)
 
 
-def _approval(buf: Buffer, policy: Policy, relpath: str | None,
+def approval(buf: Buffer, policy: Policy, relpath: str | None,
               today: dt.date) -> tuple[bool, str]:
+    """Whether an approval of ``relpath`` applies to these bytes, and why (or why not)."""
     digest = buffer_sha256(buf)
     reasons = []
     for approval in policy.approval_for(relpath):

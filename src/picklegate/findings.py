@@ -9,7 +9,11 @@ from enum import Enum
 
 
 class FindingKind(str, Enum):
-    NOT_ALLOWED = "not-allowed"          # an import the policy does not allow
+    """The stable rule codes, documented in docs/finding-kinds.md (a test keeps that document,
+    this enum and the SARIF rules in step)."""
+
+    GADGET = "gadget"                    # a known code-execution gadget (data/gadgets.yaml)
+    NOT_ALLOWED = "not-allowed"          # an import the policy does not allow: a policy gap
     DENIED = "denied"                    # an import a deny entry names
     UNRESOLVED = "unresolved"            # an import whose target is unprovable (STACK_GLOBAL, EXT*)
     MALFORMED = "malformed"              # bytes the analyser could not fully understand
@@ -19,6 +23,32 @@ class FindingKind(str, Enum):
     ARCHIVE = "archive-anomaly"          # an archive trick: mismatched headers, bad CRC, odd names
     UNSUPPORTED = "unsupported"          # a known format this install cannot open (missing extra)
     BUILD_ABUSE = "build-abuse"          # BUILD changes a global itself, or sets a __dunder__ name
+
+
+class Severity(str, Enum):
+    """Triage tiers, highest first: what a reviewer looks at first."""
+
+    CRITICAL = "critical"   # a known attack: do not load the file
+    HIGH = "high"           # unproven or unreviewed: may run code when loaded
+    MEDIUM = "medium"       # unscanned content: the verdict is missing, not negative
+
+
+# Highest first within the same tier too: the order in which triage lists kinds. GitHub maps a
+# rule's security-severity to these labels (>= 9.0 critical, >= 7.0 high, >= 4.0 medium).
+SEVERITY: dict[FindingKind, Severity] = {
+    FindingKind.GADGET: Severity.CRITICAL,
+    FindingKind.DENIED: Severity.CRITICAL,
+    FindingKind.BUILD_ABUSE: Severity.CRITICAL,
+    FindingKind.UNRESOLVED: Severity.HIGH,
+    FindingKind.NOT_ALLOWED: Severity.HIGH,
+    FindingKind.ARCHIVE: Severity.HIGH,
+    FindingKind.MALFORMED: Severity.HIGH,
+    FindingKind.LIMIT: Severity.HIGH,
+    FindingKind.UNKNOWN_FORMAT: Severity.MEDIUM,
+    FindingKind.UNSUPPORTED: Severity.MEDIUM,
+    FindingKind.LFS_POINTER: Severity.MEDIUM,
+}
+TRIAGE_ORDER: dict[FindingKind, int] = {kind: i for i, kind in enumerate(SEVERITY)}
 
 
 class Status(str, Enum):

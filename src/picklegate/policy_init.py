@@ -134,8 +134,9 @@ def _allows(policy: Policy, g: Global) -> bool:
 
 
 def _failing(results: Sequence[FileResult]) -> list[tuple[str, str]]:
-    """Findings that are not about which globals are allowed: no allow entry fixes them."""
-    fixable = (FindingKind.NOT_ALLOWED, FindingKind.DENIED)
+    """Findings that are not about which globals are allowed: no allow entry fixes them.
+    (Gadgets are about a global too: they have their own block and are never allowed.)"""
+    fixable = (FindingKind.NOT_ALLOWED, FindingKind.DENIED, FindingKind.GADGET)
     return [(r.location, f"{f.kind.value}: {f.message}") for r in results
             for f in r.findings if f.kind not in fixable and not f.warning]
 

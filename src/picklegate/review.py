@@ -12,10 +12,12 @@ Returns values; cli.py prints them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -69,6 +71,34 @@ def load_gadgets() -> list[Gadget]:
             why=item["why"],
             references=tuple(item.get("references", ()))))
     return gadgets
+
+
+@functools.lru_cache(maxsize=1)
+def known_gadgets() -> tuple[Gadget, ...]:
+    """The curated list, read once per process (the decision consults it for every import the
+    policy does not allow); empty if this install lacks the data file."""
+    try:
+        return tuple(load_gadgets())
+    except FileNotFoundError:
+        return ()
+
+
+def gadget_for(module: str, name: str, gadgets: Iterable[Gadget]) -> Gadget | None:
+    """The gadget entry that names ``module.name``, if any."""
+    for gadget in gadgets:
+        in_module = module == gadget.base or (
+            gadget.subtree and module.startswith(gadget.base + "."))
+        # A dotted (protocol 4) name reaches attributes of its first part: posix.system.x
+        # is as dangerous as posix.system.
+        if in_module and (not gadget.names or name.split(".")[0] in gadget.names):
+            return gadget
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def known_gadget(module: str, name: str) -> Gadget | None:
+    """:func:`gadget_for` over the curated list, memoised: a file repeats its globals."""
+    return gadget_for(module, name, known_gadgets())
 
 
 def admitted(entry: Entry, gadget: Gadget) -> list[str]:

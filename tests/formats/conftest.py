@@ -48,6 +48,6 @@ def kinds(result: FileResult) -> set[FindingKind]:
 
 
 def imports_found(result: FileResult) -> set[tuple[str, str | None]]:
-    """{('module.name', member)} of the not-allowed findings."""
+    """{('module.name', member)} of the not-allowed and gadget findings."""
     return {(f"{f.module}.{f.name}", f.member) for f in result.findings
-            if f.kind is FindingKind.NOT_ALLOWED}
+            if f.kind in (FindingKind.NOT_ALLOWED, FindingKind.GADGET)}

@@ -22,6 +22,7 @@ from .build import GETCWD, evil_global, fixture, getcwd_pickle
 from .conftest import scan, summary
 
 NA, MALF, LIMIT, UNSUP = "not-allowed", "malformed", "limit-exceeded", "unsupported"
+GADGET = "gadget"  # the kind of a planted posix.system
 SYSTEM = "posix.system"
 CWD = ".".join(GETCWD)
 EVIL = evil_global()
@@ -60,7 +61,7 @@ def test_pandas_zstd_pickle_is_clean_and_a_planted_one_is_named(tmp_path):
     pd.to_pickle({"x": evil_object()}, str(tmp_path / "evil.pkl.zst"))
     result = scan((tmp_path / "evil.pkl.zst").read_bytes(), path="evil.pkl.zst")
     assert result.format == "pickle+zstd"
-    assert summary(result) == {(NA, CWD, "zstd")}
+    assert summary(result) == {(GADGET, CWD, "zstd")}
 
 
 @pytest.mark.parametrize("data", [
@@ -76,13 +77,13 @@ def test_zstd_frames_are_read_as_pandas_reads_them(data):
     assert EVIL in pandas_reads(data)        # the loader sees the payload...
     result = scan(data, path="m.pkl.zst")
     assert result.format == "pickle+zstd"
-    assert summary(result) == {(NA, SYSTEM, "zstd")}   # ...and so does picklegate
+    assert summary(result) == {(GADGET, SYSTEM, "zstd")}   # ...and so does picklegate
 
 
 def test_zstd_trailing_garbage_is_malformed_and_the_frame_still_scanned():
     data = zst(EVIL) + b"garbage"
     result = scan(data, path="m.pkl.zst")
-    assert summary(result) == {(NA, SYSTEM, "zstd"), (MALF, None, None)}
+    assert summary(result) == {(GADGET, SYSTEM, "zstd"), (MALF, None, None)}
     malformed = next(f for f in result.findings if f.kind.value == MALF)
     assert malformed.offset == len(zst(EVIL))
 
@@ -134,7 +135,7 @@ def test_skippable_frame_that_is_also_a_pickle():
     assert pandas_reads(data) == BENIGN
     result = scan(data, path="m.pkl")
     assert result.format == "pickle+zstd"
-    assert summary(result) == {(NA, SYSTEM, None), ("archive-anomaly", None, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None), ("archive-anomaly", None, None)}
     assert "polyglot: this pickle+zstd data is also a pickle" in result.findings[0].message
 
 
@@ -193,7 +194,7 @@ def test_lzma_alone_with_a_small_dictionary(dict_field):
     assert lzma.decompress(data) == EVIL            # what LZMAFile(FORMAT_AUTO) reads
     result = scan(data, path="m.pkl.lzma")
     assert result.format == "pickle+lzma"
-    assert summary(result) == {(NA, SYSTEM, "lzma")}
+    assert summary(result) == {(GADGET, SYSTEM, "lzma")}
 
 
 def test_lzma_alone_header_on_a_pickle_falls_through_to_the_pickle():
@@ -205,7 +206,7 @@ def test_lzma_alone_header_on_a_pickle_falls_through_to_the_pickle():
         lzma.decompress(data)
     result = scan(data, path="m.pkl")
     assert result.format == "pickle"
-    assert summary(result) == {(NA, SYSTEM, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None)}
 
 
 @pytest.mark.parametrize("first, second, codec", [
@@ -219,7 +220,7 @@ def test_lzma_streams_chain_as_lzmafile_reads_them(first, second, codec):
         assert f.read() == BENIGN + EVIL
     result = scan(data, path="m.pkl.xz")
     assert result.format == f"pickle+{codec}"
-    assert summary(result) == {(NA, SYSTEM, codec)}
+    assert summary(result) == {(GADGET, SYSTEM, codec)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,12 +269,12 @@ def test_zf_with_a_malicious_pickle_is_named(space):
     assert read_zfile(io.BytesIO(data)) == EVIL
     result = scan(data, path="old.pkl")
     assert result.format == "pickle+zfile"
-    assert summary(result) == {(NA, SYSTEM, "zfile")}
+    assert summary(result) == {(GADGET, SYSTEM, "zfile")}
 
 
 def test_zf_length_mismatch_is_malformed_and_still_scanned():
     result = scan(zfile(getcwd_pickle(), length=5), path="old.pkl")
-    assert summary(result) == {(NA, CWD, "zfile"), (MALF, None, None)}
+    assert summary(result) == {(GADGET, CWD, "zfile"), (MALF, None, None)}
 
 
 @pytest.mark.parametrize("field", [b"nothex".ljust(19), b"-0x5".ljust(19), b"0x5"])
@@ -290,7 +291,7 @@ def test_zf_declared_length_is_never_preallocated():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert summary(result) == {(NA, SYSTEM, "zfile"), (MALF, None, None)}
+    assert summary(result) == {(GADGET, SYSTEM, "zfile"), (MALF, None, None)}
     assert peak < 4_000_000, peak
 
 
@@ -319,14 +320,14 @@ def test_pickles_that_start_like_zlib_are_pickles(data):
     assert _rfc1950(data) and not is_zlib(data[:64])
     result = scan(data, path="m.pkl")
     assert result.format == "pickle"
-    assert summary(result) == {(NA, SYSTEM, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None)}
 
 
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
 def test_joblib_zlib_prefix_is_read(level):
     data = zlib.compress(EVIL, level)
     assert data[:1] == b"\x78"
-    assert summary(scan(data, path="m.joblib.z")) == {(NA, SYSTEM, "zlib")}
+    assert summary(scan(data, path="m.joblib.z")) == {(GADGET, SYSTEM, "zlib")}
 
 
 def test_real_joblib_zlib_dump_still_reads():

@@ -19,6 +19,7 @@ from .conftest import scan, summary
 from .polyglots import safetensors_pickle, tar_bytes, tar_with_pickle_header, v7_tar
 
 NA, ARCH = "not-allowed", "archive-anomaly"
+GADGET = "gadget"  # the kind of a planted posix.system
 SYSTEM = "posix.system"
 EVIL = evil_global()
 PT = fixture("torch_module_sd.pt")
@@ -67,7 +68,7 @@ def test_polyglot_is_named_and_reported(case):
     result = scan(data)
     assert result.format == fmt
     assert result.status is Status.VIOLATION
-    named = {m for k, g, m in summary(result) if (k, g) == (NA, SYSTEM)}
+    named = {m for k, g, m in summary(result) if (k, g) == (GADGET, SYSTEM)}
     assert named == members, summary(result)
     polyglot = [f for f in result.findings if f.kind is FindingKind.ARCHIVE
                 and f.message.startswith("polyglot:")]
@@ -88,7 +89,7 @@ def test_v7_tar_is_opened_by_its_checksum():
         assert archive.getnames() == ["config.json", "evil.pkl"]     # tarfile's view
     result = scan(data)
     assert result.format == "tar"
-    assert summary(result) == {(NA, SYSTEM, "evil.pkl")}
+    assert summary(result) == {(GADGET, SYSTEM, "evil.pkl")}
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -102,7 +103,7 @@ def test_tar_ending_in_a_checkpoint_is_read_once_and_clean(fmt):
 def test_tar_ending_in_a_malicious_checkpoint_names_it_once():
     evil_pt = rezip(PT, replace={f"{PRE}/data.pkl": EVIL})
     result = scan(tar_bytes([CONFIG, ("model.pt", evil_pt)]), presets=["torch"])
-    assert summary(result) == {(NA, SYSTEM, f"model.pt/{PRE}/data.pkl")}
+    assert summary(result) == {(GADGET, SYSTEM, f"model.pt/{PRE}/data.pkl")}
     assert [f.count for f in result.findings] == [1]
 
 
@@ -111,7 +112,7 @@ def test_zip_glued_after_an_npy_is_an_anomaly_and_scanned():
     data = npy(header, bytes(16)) + make_zip([("evil.pkl", EVIL)])
     result = scan(data)
     assert result.format == "numpy-npy"
-    assert summary(result) == {(NA, SYSTEM, "(appended zip)/evil.pkl"), (ARCH, None, None),
+    assert summary(result) == {(GADGET, SYSTEM, "(appended zip)/evil.pkl"), (ARCH, None, None),
                                # the zip's own offsets do not count the npy before it
                                (ARCH, None, "(appended zip)")}
     assert any(f.member is None and f.message.startswith("a zip archive is appended")

@@ -28,6 +28,7 @@ from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap  # noqa: E
 
 NA, UNRES, MALF, UNSUP, LIMIT = ("not-allowed", "unresolved", "malformed", "unsupported",
                                  "limit-exceeded")
+GADGET = "gadget"  # the kind of a planted posix.system
 SYSTEM = "posix.system"
 EVIL_TAIL = evil_ops() + b"N"
 COPYREG = ["copyreg.__newobj__", "copyreg.__newobj_ex__", "builtins.object"]
@@ -394,7 +395,7 @@ def test_planted_where_a_wrong_layout_hides_it(name):
         assert value == np.dtype("i2") and regions == [(start, start + true_len)]
         assert _missed_by(evil, wrong_len)            # the teeth: a wrong length misses it
     result = scan(evil, path="model.joblib")
-    assert summary(result) == {(NA, SYSTEM, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None)}
     assert result.format == "joblib"
 
 
@@ -412,7 +413,7 @@ def test_planted_after_a_wrapper_of_every_construction(construct):
     # the policy does not match a dotted name against its module.name entry: reported too
     dotted = ({(NA, "joblib.numpy_pickle.NumpyArrayWrapper", None)} if construct == "dotted"
               else set())
-    assert summary(result) == {(NA, SYSTEM, None)} | dotted
+    assert summary(result) == {(GADGET, SYSTEM, None)} | dotted
 
 
 def test_hookless_machine_is_fooled_by_a_real_dump():
@@ -421,7 +422,7 @@ def test_hookless_machine_is_fooled_by_a_real_dump():
     at = base.rindex(b".")
     evil = base[:at] + b"0" + EVIL_TAIL + base[at:]
     assert not any(r.dotted == SYSTEM for r in analyse_pickles(evil).imports)
-    assert summary(scan(evil, path="model.joblib")) == {(NA, SYSTEM, None)}
+    assert summary(scan(evil, path="model.joblib")) == {(GADGET, SYSTEM, None)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +444,7 @@ def test_build_inside_a_frame_reads_after_the_frame():
     assert value == np.dtype("i2") and regions == [(start, start + 24)]
     assert picklegate_reads(twin)[0] == regions
     # a model reading the array right after the BUILD skips the call inside the frame
-    assert summary(scan(evil, path="model.joblib")) == {(NA, SYSTEM, None)}
+    assert summary(scan(evil, path="model.joblib")) == {(GADGET, SYSTEM, None)}
 
 
 def test_object_array_inside_a_frame_reads_its_pickle_after_the_frame():
@@ -554,7 +555,7 @@ def test_allowed_class_built_without_the_wrapper_is_not_a_wrapper():
             + b"cmymod\nThing\n(I1\ntR}(" + _text("shape") + jl_tuple(jl_int(3)) + b"ub0"
             + EVIL_TAIL + b".")
     assert summary(scan(data, path="model.joblib", also_allow=["mymod.Thing"])) == {
-        (NA, SYSTEM, None)}
+        (GADGET, SYSTEM, None)}
 
 
 def test_mmap_object_array_is_unsupported():

@@ -26,6 +26,7 @@ from .conftest import scan, summary
 
 NA, ARCH, UNRES, MALF, LIMIT = ("not-allowed", "archive-anomaly", "unresolved", "malformed",
                                 "limit-exceeded")
+GADGET = "gadget"  # the kind of a planted posix.system
 SYSTEM = "posix.system"
 CWD = ".".join(GETCWD)
 EVIL = evil_global()
@@ -63,26 +64,27 @@ TORCH_ZIP_CASES = {
     "data.pkl replaced":
         (lambda: rezip(PT, replace={DATA_PKL: EVIL}),
          # the persistent ids are gone with it, so the storages are scanned (and are data)
-         {(NA, SYSTEM, DATA_PKL)}),
+         {(GADGET, SYSTEM, DATA_PKL)}),
     "data.pkl with a call spliced in":
         (lambda: rezip(PT, replace={DATA_PKL: plant(MEMBERS[DATA_PKL])}),
-         {(NA, SYSTEM, DATA_PKL)}),
+         {(GADGET, SYSTEM, DATA_PKL)}),
     "data.pkl STACK_GLOBAL via memo":
-        (lambda: rezip(PT, replace={DATA_PKL: EVIL_SG}), {(NA, SYSTEM, DATA_PKL)}),
+        (lambda: rezip(PT, replace={DATA_PKL: EVIL_SG}), {(GADGET, SYSTEM, DATA_PKL)}),
     "extra pickle member":
-        (lambda: rezip(PT, add=[(f"{PRE}/extra.pkl", EVIL)]), {(NA, SYSTEM, f"{PRE}/extra.pkl")}),
+        (lambda: rezip(PT, add=[(f"{PRE}/extra.pkl", EVIL)]),
+         {(GADGET, SYSTEM, f"{PRE}/extra.pkl")}),
     "innocent name, protocol 2":
-        (lambda: rezip(PT, add=[(f"{PRE}/notes", EVIL)]), {(NA, SYSTEM, f"{PRE}/notes")}),
+        (lambda: rezip(PT, add=[(f"{PRE}/notes", EVIL)]), {(GADGET, SYSTEM, f"{PRE}/notes")}),
     "innocent name, protocol 0":
         (lambda: rezip(PT, add=[(f"{PRE}/notes", evil_global(protocol=0))]),
-         {(NA, SYSTEM, f"{PRE}/notes")}),
+         {(GADGET, SYSTEM, f"{PRE}/notes")}),
     "innocent name, STACK_GLOBAL":
-        (lambda: rezip(PT, add=[(f"{PRE}/notes", EVIL_SG)]), {(NA, SYSTEM, f"{PRE}/notes")}),
+        (lambda: rezip(PT, add=[(f"{PRE}/notes", EVIL_SG)]), {(GADGET, SYSTEM, f"{PRE}/notes")}),
     "byteorder replaced":
         (lambda: rezip(PT, replace={f"{PRE}/byteorder": EVIL}),
-         {(NA, SYSTEM, f"{PRE}/byteorder")}),
+         {(GADGET, SYSTEM, f"{PRE}/byteorder")}),
     "storage key no persistent id names":
-        (lambda: rezip(PT, add=[(f"{PRE}/data/99", EVIL)]), {(NA, SYSTEM, f"{PRE}/data/99")}),
+        (lambda: rezip(PT, add=[(f"{PRE}/data/99", EVIL)]), {(GADGET, SYSTEM, f"{PRE}/data/99")}),
     "storage folder of another pickle names a pickle":
         # extra.pkl's persistent id names key 'evil.pkl': torch never reads extra/, and a
         # member named like a pickle is never exempt as raw storage.
@@ -90,46 +92,46 @@ TORCH_ZIP_CASES = {
                                  b"\x80\x02(X\x07\x00\x00\x00storageX\x01\x00\x00\x00xX\x08\x00"
                                  b"\x00\x00evil.pklX\x03\x00\x00\x00cpuK\x01tQ."),
                                 (f"{PRE}/extra/evil.pkl", EVIL)]),
-         {(NA, SYSTEM, f"{PRE}/extra/evil.pkl")}),
+         {(GADGET, SYSTEM, f"{PRE}/extra/evil.pkl")}),
     "hidden local header":
         (lambda: _raw([(f"{PRE}/hidden.pkl", EVIL, {"listed": False})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/hidden.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/hidden.pkl")}),
     "hidden local header, innocent name":
         (lambda: _raw([(f"{PRE}/zz", EVIL, {"listed": False})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/zz")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/zz")}),
     "central/local name mismatch":
         (lambda: _raw(replace={DATA_PKL: EVIL},
                       **{DATA_PKL: {"local_name": f"{PRE}/other.pkl"}}),
-         {(ARCH, None, None), (NA, SYSTEM, DATA_PKL)}),
+         {(ARCH, None, None), (GADGET, SYSTEM, DATA_PKL)}),
     "duplicate data.pkl, second malicious":
-        (lambda: _raw([(DATA_PKL, EVIL, {})]), {(ARCH, None, None), (NA, SYSTEM, DATA_PKL)}),
+        (lambda: _raw([(DATA_PKL, EVIL, {})]), {(ARCH, None, None), (GADGET, SYSTEM, DATA_PKL)}),
     "bad CRC":
         (lambda: _raw([(f"{PRE}/x.pkl", EVIL, {"crc": 0x12345678})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/x.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/x.pkl")}),
     "bad CRC, deflated":
         (lambda: _raw([(f"{PRE}/x.pkl", EVIL, {"crc": 0, "method": 8})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/x.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/x.pkl")}),
     "encryption flag on a stored member":
         (lambda: _raw([(f"{PRE}/x.pkl", EVIL, {"flags": 1})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/x.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/x.pkl")}),
     "'..' member name":
         (lambda: rezip(PT, add=[(f"{PRE}/../evil.pkl", EVIL)]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/../evil.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/../evil.pkl")}),
     "absolute member name":
         (lambda: rezip(PT, add=[("/tmp/evil.pkl", EVIL)]),
-         {(ARCH, None, None), (NA, SYSTEM, "/tmp/evil.pkl")}),
+         {(ARCH, None, None), (GADGET, SYSTEM, "/tmp/evil.pkl")}),
     "zip64 member":
         (lambda: rezip(PT, add=[(f"{PRE}/x.pkl", EVIL)], force_zip64={f"{PRE}/x.pkl"}),
-         {(NA, SYSTEM, f"{PRE}/x.pkl")}),
+         {(GADGET, SYSTEM, f"{PRE}/x.pkl")}),
     "zip64 data.pkl":
         (lambda: rezip(PT, replace={DATA_PKL: plant(MEMBERS[DATA_PKL])},
-                       force_zip64={DATA_PKL}), {(NA, SYSTEM, DATA_PKL)}),
+                       force_zip64={DATA_PKL}), {(GADGET, SYSTEM, DATA_PKL)}),
     "central size shorter than local":
         # both ranges are analysed: the local one finds the call; the central one (3 bytes,
         # PROTO and a bare 'c') is a truncated GLOBAL that pickle.py would still resolve as
         # module '' name '' (readline()[:-1]), so the machine reports that import as well.
         (lambda: _raw([(f"{PRE}/d.pkl", EVIL, {"central_csize": 3})]),
-         {(ARCH, None, None), (NA, SYSTEM, f"{PRE}/d.pkl"), (MALF, None, f"{PRE}/d.pkl"),
+         {(ARCH, None, None), (GADGET, SYSTEM, f"{PRE}/d.pkl"), (MALF, None, f"{PRE}/d.pkl"),
           (NA, ".", f"{PRE}/d.pkl")}),
 }
 
@@ -153,7 +155,7 @@ def test_zip64_end_record(monkeypatch):
     monkeypatch.undo()
     assert b"PK\x06\x06" in evil and b"PK\x06\x07" in evil
     assert scan(clean, presets=["torch"]).status is Status.CLEAN
-    assert summary(scan(evil)) == {(NA, SYSTEM, f"{PRE}/x.pkl")}
+    assert summary(scan(evil)) == {(GADGET, SYSTEM, f"{PRE}/x.pkl")}
 
 
 @pytest.mark.parametrize("payload, expected", [
@@ -185,7 +187,7 @@ def test_storage_named_by_persistent_id_is_not_parsed():
 def test_storage_exemption_covers_only_named_keys():
     """The same bytes one key further on (no persistent id names data/7) are scanned."""
     result = scan(rezip(PT, add=[(f"{PRE}/data/7", EVIL.ljust(48, b"\x00"))]))
-    assert (NA, SYSTEM, f"{PRE}/data/7") in summary(result)
+    assert (GADGET, SYSTEM, f"{PRE}/data/7") in summary(result)
 
 
 @pytest.mark.parametrize("method", [0, 8], ids=["stored", "deflated"])
@@ -195,19 +197,19 @@ def test_nested_zip_member_paths(method):
     result = scan(outer, path="bundle.zip")
     assert result.format == "zip"
     # Context.child joins archive members with "/"
-    assert summary(result) == {(NA, SYSTEM, "outer.zip/inner.pkl")}
+    assert summary(result) == {(GADGET, SYSTEM, "outer.zip/inner.pkl")}
 
 
 def test_nested_zip_anomalies_name_the_inner_archive():
     inner = RawZip().add("ok.txt", b"hello").add("hidden.pkl", EVIL, listed=False).bytes()
     result = scan(make_zip([("outer.zip", inner)]), path="bundle.zip")
-    assert summary(result) == {(ARCH, None, "outer.zip"), (NA, SYSTEM, "outer.zip/hidden.pkl")}
+    assert summary(result) == {(ARCH, None, "outer.zip"), (GADGET, SYSTEM, "outer.zip/hidden.pkl")}
 
 
 def test_compressed_member_inside_zip():
     result = scan(make_zip([("a.pkl.gz", gzip.compress(EVIL, mtime=0))]), path="bundle.zip")
     # Context.child joins codecs with "!"
-    assert summary(result) == {(NA, SYSTEM, "a.pkl.gz!gzip")}
+    assert summary(result) == {(GADGET, SYSTEM, "a.pkl.gz!gzip")}
 
 
 def test_method_mismatch_between_headers():
@@ -215,7 +217,7 @@ def test_method_mismatch_between_headers():
     raw[8] = 8                          # local header says deflated, central says stored
     # zipfile and miniz read the stored bytes (the call); a streaming reader inflates them
     # by the local method, which fails: both readings are analysed.
-    assert summary(scan(bytes(raw))) == {(ARCH, None, None), (NA, SYSTEM, "a.pkl"),
+    assert summary(scan(bytes(raw))) == {(ARCH, None, None), (GADGET, SYSTEM, "a.pkl"),
                                          (MALF, None, None)}
 
 
@@ -225,7 +227,7 @@ def test_method_mismatch_local_reading_is_scanned():
     raw = bytearray(RawZip().add("a.pkl", EVIL, method=8).bytes())
     central = raw.index(b"PK\x01\x02")
     raw[central + 10] = 0                # central says stored, local says deflated
-    assert summary(scan(bytes(raw))) == {(ARCH, None, None), (NA, SYSTEM, "a.pkl")}
+    assert summary(scan(bytes(raw))) == {(ARCH, None, None), (GADGET, SYSTEM, "a.pkl")}
 
 
 def test_hidden_local_with_data_descriptor_is_an_anomaly():
@@ -255,7 +257,7 @@ def test_streamed_zip_with_data_descriptors():
         z.writestr("ok.txt", "hello")
         z.writestr("a.pkl", EVIL)
     assert sink.data[6] & 0x08
-    assert summary(scan(bytes(sink.data), path="a.zip")) == {(NA, SYSTEM, "a.pkl")}
+    assert summary(scan(bytes(sink.data), path="a.zip")) == {(GADGET, SYSTEM, "a.pkl")}
 
 
 def test_zip_with_prepended_bytes_is_read_as_a_zip():
@@ -263,7 +265,7 @@ def test_zip_with_prepended_bytes_is_read_as_a_zip():
     data = b"#!/bin/sh\nexit 0\n" + make_zip([("a.pkl", EVIL)])
     result = scan(data, path="a.zip")
     assert result.status is Status.VIOLATION
-    assert (NA, SYSTEM, "(appended zip)/a.pkl") in summary(result)
+    assert (GADGET, SYSTEM, "(appended zip)/a.pkl") in summary(result)
     assert {"unknown-format", "archive-anomaly"} <= {f.kind.value for f in result.findings}
 
 
@@ -273,7 +275,7 @@ def test_zip_appended_to_a_numeric_npy_is_scanned():
         b"\x00" * 8
     result = scan(npy + make_zip([("evil.pkl", EVIL)]), path="w.npy")
     assert result.format == "numpy-npy"
-    assert (NA, SYSTEM, "(appended zip)/evil.pkl") in summary(result)
+    assert (GADGET, SYSTEM, "(appended zip)/evil.pkl") in summary(result)
 
 
 def test_numeric_npy_without_appended_zip_is_clean():
@@ -286,7 +288,7 @@ def test_numeric_npy_without_appended_zip_is_clean():
 def test_member_limit_keeps_pickles_first():
     data = make_zip([(f"{i}.txt", b"x") for i in range(5)] + [("z.pkl", EVIL)])
     result = scan(data, path="a.zip", max_members=3)
-    assert summary(result) == {(LIMIT, None, None), (NA, SYSTEM, "z.pkl")}
+    assert summary(result) == {(LIMIT, None, None), (GADGET, SYSTEM, "z.pkl")}
 
 
 def test_nesting_beyond_max_depth():
@@ -296,7 +298,7 @@ def test_nesting_beyond_max_depth():
         data = make_zip([(name, data)])
     data = make_zip([(names[-1], data)])
     deep = scan(data, path="deep.zip")
-    assert summary(deep) == {(NA, SYSTEM, "l4.zip/l3.zip/l2.zip/l1.zip/evil.pkl")}
+    assert summary(deep) == {(GADGET, SYSTEM, "l4.zip/l3.zip/l2.zip/l1.zip/evil.pkl")}
     limited = scan(data, path="deep.zip", max_depth=2)
     # depth 0 is the file, 1 l4.zip, 2 l3.zip: l2.zip is one level too deep
     assert summary(limited) == {(LIMIT, None, "l4.zip/l3.zip/l2.zip")}
@@ -330,8 +332,8 @@ def test_legacy_builder_is_faithful():
 def test_legacy_plants(part, data, extra):
     result = scan(data().bytes(), path="model.pt")
     assert result.format == "torch-legacy"
-    assert summary(result) == {(NA, SYSTEM, None)} | extra
-    found = next(f for f in result.findings if f.kind is FindingKind.NOT_ALLOWED)
+    assert summary(result) == {(GADGET, SYSTEM, None)} | extra
+    found = next(f for f in result.findings if f.kind is FindingKind.GADGET)
     at = len(LEGACY.bytes()) if part == "trailing" else _legacy_offset(part)
     assert found.offset == at + 2             # the GLOBAL right after PROTO
 
@@ -339,7 +341,7 @@ def test_legacy_plants(part, data, extra):
 def test_legacy_replaced_object_pickle_loses_its_storages():
     """Without the persistent ids the storage sizes are unknown: unresolved, never skipped."""
     result = scan(dataclasses.replace(LEGACY, obj=EVIL).bytes())
-    assert summary(result) == {(NA, SYSTEM, None), (UNRES, None, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None), (UNRES, None, None)}
 
 
 def test_legacy_storage_bytes_are_skipped():
@@ -367,20 +369,20 @@ def test_torch_tar_layout_is_clean():
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"pickle_member": EVIL}, {(NA, SYSTEM, "pickle")}),
-    ({"pickle_member": EVIL_SG}, {(NA, SYSTEM, "pickle")}),
-    ({"sys_info": EVIL}, {(NA, SYSTEM, "sys_info")}),
-    ({"storage_views": EVIL}, {(NA, SYSTEM, "storages")}),
+    ({"pickle_member": EVIL}, {(GADGET, SYSTEM, "pickle")}),
+    ({"pickle_member": EVIL_SG}, {(GADGET, SYSTEM, "pickle")}),
+    ({"sys_info": EVIL}, {(GADGET, SYSTEM, "sys_info")}),
+    ({"storage_views": EVIL}, {(GADGET, SYSTEM, "storages")}),
     # a storage record whose (key, location, type) pickle is a call: its size is unknown
-    ({"storage_records": [EVIL]}, {(NA, SYSTEM, "storages"), (UNRES, None, "storages")}),
+    ({"storage_records": [EVIL]}, {(GADGET, SYSTEM, "storages"), (UNRES, None, "storages")}),
     # a storage type that is a malicious global
     ({"storage_records": [tar_storage_record("1", b"\x00" * 4).replace(
         b"ctorch\nFloatStorage\n", b"cposix\nsystem\n")]},
-     {(NA, SYSTEM, "storages"), (UNRES, None, "storages")}),
+     {(GADGET, SYSTEM, "storages"), (UNRES, None, "storages")}),
     # a well-formed record followed by a malicious one (count 2)
     ({"storage_records": [tar_storage_record("1", b"\x00" * 12), EVIL]},
-     {(NA, SYSTEM, "storages"), (UNRES, None, "storages")}),
-    ({"tensor_records": [EVIL]}, {(NA, SYSTEM, "tensors"), (MALF, None, "tensors")}),
+     {(GADGET, SYSTEM, "storages"), (UNRES, None, "storages")}),
+    ({"tensor_records": [EVIL]}, {(GADGET, SYSTEM, "tensors"), (MALF, None, "tensors")}),
 ])
 def test_torch_tar_plants(kwargs, expected):
     result = scan(torch_tar(**kwargs), path="model.pt")
@@ -396,7 +398,7 @@ def test_torch_tar_storage_bytes_are_skipped():
 
 def test_torch_tar_bytes_after_storage_views():
     data = torch_tar(storage_views=pickle_list() + EVIL)
-    assert summary(scan(data)) == {(MALF, None, "storages"), (NA, SYSTEM, "storages")}
+    assert summary(scan(data)) == {(MALF, None, "storages"), (GADGET, SYSTEM, "storages")}
 
 
 def pickle_list() -> bytes:
@@ -423,7 +425,7 @@ TS_CODE = next(n for n in TS_MEMBERS if n.endswith(".py"))
 def test_torchscript_plants(member, payload):
     result = scan(rezip(TS, replace={member: payload()}), presets=["torch"], also_allow=TS_ALLOW)
     assert result.format == "torchscript"
-    assert summary(result) == {(NA, SYSTEM, member)}
+    assert summary(result) == {(GADGET, SYSTEM, member)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +456,7 @@ def test_joblib_global_after_first_array(after_array):
             assert pos < raw_at
     result = scan(after_array, path="model.joblib")
     assert result.format == "joblib"
-    assert summary(result) == {(NA, CWD, None)}
+    assert summary(result) == {(GADGET, CWD, None)}
     assert result.findings[0].offset > raw_at + len(RAW3)
 
 
@@ -462,7 +464,7 @@ def test_joblib_object_array_nested_pickle():
     data = _dump({"n": np.arange(3.0), "o": np.array([1, evil_object()], dtype=object)})
     result = scan(data, path="model.joblib")
     assert result.format == "joblib"
-    assert summary(result) == {(NA, CWD, None)}
+    assert summary(result) == {(GADGET, CWD, None)}
 
 
 CODECS = ["zlib", "gzip", "bz2", "lzma", "xz", "lz4"]
@@ -473,7 +475,7 @@ def test_joblib_compressed(codec):
     data = _dump({"a": np.arange(3.0), "b": evil_object()}, compress=(codec, 3))
     result = scan(data, path="model.joblib")
     assert result.format == f"joblib+{codec}"
-    assert summary(result) == {(NA, CWD, codec)}
+    assert summary(result) == {(GADGET, CWD, codec)}
 
 
 def test_joblib_padding_byte_hides_a_plain_pickle_continuation():
@@ -482,7 +484,7 @@ def test_joblib_padding_byte_hides_a_plain_pickle_continuation():
     data = joblib_padding_exploit(base, RAW3)
     result = scan(data, path="model.joblib")
     assert result.format == "joblib"
-    assert summary(result) == {(NA, SYSTEM, None)}
+    assert summary(result) == {(GADGET, SYSTEM, None)}
     # found by the plain-pickle pass, inside the skipped padding
     pad_at = data.find(b"N0c")
     assert result.findings[0].offset == pad_at + 2
@@ -496,7 +498,7 @@ def test_joblib_padding_byte_hides_a_plain_pickle_continuation():
 def test_joblib_padding_exploit_nested(wrap, member):
     """Offsets of the skipped regions stay right when the joblib file is not at offset 0."""
     data = wrap(joblib_padding_exploit(_dump({"a": np.arange(3.0)}), RAW3))
-    assert summary(scan(data)) == {(NA, SYSTEM, member)}
+    assert summary(scan(data)) == {(GADGET, SYSTEM, member)}
 
 
 @pytest.mark.parametrize("old, new, why", [
@@ -526,18 +528,18 @@ def _np_save(array) -> bytes:
 
 
 @pytest.mark.parametrize("data, expected", [
-    (lambda: _np_save(np.array([1, evil_object()], dtype=object)), {(NA, CWD, None)}),
-    (lambda: npy(OBJ_HEADER, EVIL), {(NA, SYSTEM, None)}),
-    (lambda: npy(OBJ_HEADER, EVIL, version=(2, 0)), {(NA, SYSTEM, None)}),
-    (lambda: npy(OBJ_HEADER, EVIL_SG, version=(3, 0)), {(NA, SYSTEM, None)}),
+    (lambda: _np_save(np.array([1, evil_object()], dtype=object)), {(GADGET, CWD, None)}),
+    (lambda: npy(OBJ_HEADER, EVIL), {(GADGET, SYSTEM, None)}),
+    (lambda: npy(OBJ_HEADER, EVIL, version=(2, 0)), {(GADGET, SYSTEM, None)}),
+    (lambda: npy(OBJ_HEADER, EVIL_SG, version=(3, 0)), {(GADGET, SYSTEM, None)}),
     # a structured dtype with an object field also carries a pickle
     (lambda: npy("{'descr': [('a', '<f8'), ('b', '|O')], 'fortran_order': False, "
-                 "'shape': (1,), }", EVIL), {(NA, SYSTEM, None)}),
+                 "'shape': (1,), }", EVIL), {(GADGET, SYSTEM, None)}),
     # a descr picklegate cannot prove numeric: the payload is analysed
     (lambda: npy("{'descr': 'weird', 'fortran_order': False, 'shape': (3,), }", EVIL),
-     {(NA, SYSTEM, None)}),
+     {(GADGET, SYSTEM, None)}),
     (lambda: npy("{'descr': 'object', 'fortran_order': False, 'shape': (3,), }", EVIL),
-     {(NA, SYSTEM, None)}),
+     {(GADGET, SYSTEM, None)}),
     # numeric descr: numpy never unpickles the payload, whatever it looks like
     (lambda: npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }",
                  EVIL.ljust(32, b"\x00")), set()),
@@ -562,7 +564,7 @@ def test_npz_object_member(save):
     getattr(np, save)(out, x=np.arange(3), o=np.array([evil_object()], dtype=object))
     result = scan(out.getvalue(), path="arrays.npz")
     assert result.format == "npz"
-    assert summary(result) == {(NA, CWD, "o.npy")}
+    assert summary(result) == {(GADGET, CWD, "o.npy")}
 
 
 def test_npz_numeric_member_with_pickle_bytes_is_clean():
@@ -588,19 +590,19 @@ COMPRESSORS = {
 def test_compressed_pickle(codec):
     result = scan(COMPRESSORS[codec](EVIL), path=f"model.pkl.{codec}")
     assert result.format == f"pickle+{codec}"
-    assert summary(result) == {(NA, SYSTEM, codec)}
+    assert summary(result) == {(GADGET, SYSTEM, codec)}
 
 
 def test_lz4_pickle():
     import lz4.frame as lz4_frame
     result = scan(lz4_frame.compress(EVIL), path="model.pkl.lz4")
     assert result.format == "pickle+lz4"
-    assert summary(result) == {(NA, SYSTEM, "lz4")}
+    assert summary(result) == {(GADGET, SYSTEM, "lz4")}
 
 
 def test_concatenated_gzip_members():
     data = gzip.compress(pickle_list(), mtime=0) + gzip.compress(EVIL, mtime=0)
-    assert summary(scan(data)) == {(NA, SYSTEM, "gzip")}
+    assert summary(scan(data)) == {(GADGET, SYSTEM, "gzip")}
 
 
 @pytest.mark.parametrize("codec", ["gzip", "bz2", "xz", "zlib"])
@@ -708,11 +710,12 @@ def _tar(members: list[tuple[str, bytes]], links: list[tuple[str, str]] = ()) ->
 
 
 @pytest.mark.parametrize("members, links, expected", [
-    ([("model/weights.pkl", EVIL)], [], {(NA, SYSTEM, "model/weights.pkl")}),
+    ([("model/weights.pkl", EVIL)], [], {(GADGET, SYSTEM, "model/weights.pkl")}),
     ([("model/weights.pkl.gz", gzip.compress(EVIL, mtime=0))], [],
-     {(NA, SYSTEM, "model/weights.pkl.gz!gzip")}),
-    ([("a.pkl", pickle_list()), ("a.pkl", EVIL)], [], {(ARCH, None, None), (NA, SYSTEM, "a.pkl")}),
-    ([("../evil.pkl", EVIL)], [], {(ARCH, None, None), (NA, SYSTEM, "../evil.pkl")}),
+     {(GADGET, SYSTEM, "model/weights.pkl.gz!gzip")}),
+    ([("a.pkl", pickle_list()), ("a.pkl", EVIL)], [],
+     {(ARCH, None, None), (GADGET, SYSTEM, "a.pkl")}),
+    ([("../evil.pkl", EVIL)], [], {(ARCH, None, None), (GADGET, SYSTEM, "../evil.pkl")}),
     ([("ok.txt", b"hello")], [("model.pkl", "/etc/passwd")], {(ARCH, None, None)}),
 ])
 def test_tar_plants(members, links, expected):
@@ -727,4 +730,4 @@ def test_gzip_with_trailing_garbage_is_not_clean():
     result = scan(gzip.compress(EVIL, mtime=0) + b"garbage", path="model.pkl.gz")
     assert result.status is Status.VIOLATION
     assert MALF in {f.kind.value for f in result.findings}
-    assert (NA, SYSTEM, "gzip") in summary(result)        # the first member is still analysed
+    assert (GADGET, SYSTEM, "gzip") in summary(result)        # the first member is still analysed

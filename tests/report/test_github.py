@@ -180,7 +180,7 @@ def test_summary_heading_counts_and_table():
            "1 warning(s)" in md
     assert "| File | Member | Offset | Global | Kind | Message |" in md
     assert "| `models/my model, v2: final.pt` | `archive/data.pkl` | 17 | `posix.system` | " \
-           "not-allowed |" in md
+           "gadget |" in md
     assert "| `models/missing.pkl` |  |  |  | scan-error |" in md
     assert "lfs-pointer (warning)" in md
 
@@ -263,10 +263,13 @@ def test_summary_has_a_reviewable_allow_snippet():
     assert "<summary>Allow entries for 1 not-allowed global(s)" in md
 
 
-def test_snippet_without_gadget_list_offers_every_not_allowed_global():
+def test_snippet_without_gadget_list_offers_every_not_allowed_global_but_no_gadget():
     snippet = _snippet(github.summary_markdown(sample_result(), gadgets=[]))
-    assert yaml.safe_load(snippet) == {"allow": {
-        "builtins": ["exec"], "mylib.layers": ["Dense"], "posix": ["system"]}}
+    # gadget findings are never offered, whatever list the caller passes
+    assert yaml.safe_load(snippet) == {"allow": {"mylib.layers": ["Dense"]}}
+    result = one_file("m.pkl", not_allowed("posix", "system"), not_allowed("mylib", "Dense"))
+    assert yaml.safe_load(github.allow_snippet(result, gadgets=[])) == {"allow": {
+        "mylib": ["Dense"], "posix": ["system"]}}
 
 
 def test_snippet_is_a_valid_policy_that_allows_exactly_those_globals(tmp_path):

@@ -58,17 +58,19 @@ def sample_result() -> ScanResult:
         FileResult(
             path=SPACED, format="torch-zip", status=Status.VIOLATION,
             findings=(
-                Finding(FindingKind.NOT_ALLOWED,
-                        "posix.system is not allowed by policy (no allow entry names it; "
-                        "STACK_GLOBAL)", module="posix", name="system",
+                Finding(FindingKind.GADGET,
+                        "posix.system is a known code-execution gadget: runs a shell command; "
+                        "never allow it (no allow entry names it; STACK_GLOBAL)",
+                        module="posix", name="system",
                         member="archive/data.pkl", offset=17, count=2),
                 Finding(FindingKind.DENIED,
                         "builtins.eval is denied by policy (deny entry builtins at "
                         ".picklegate.yaml:9:3)", module="builtins", name="eval",
                         member="archive/data.pkl", offset=112),
                 Finding(FindingKind.NOT_ALLOWED,
-                        "mylib.layers.Dense is not allowed by policy (no allow entry names it; "
-                        "GLOBAL)", module="mylib.layers", name="Dense",
+                        "mylib.layers.Dense is not in the allowlist: a policy gap, not a known "
+                        "gadget (no allow entry names it; GLOBAL)", module="mylib.layers",
+                        name="Dense",
                         member="archive/extra.pkl", offset=40),
                 Finding(FindingKind.UNRESOLVED,
                         "STACK_GLOBAL whose module is not a string literal",
@@ -83,9 +85,10 @@ def sample_result() -> ScanResult:
                            "clean/data.pkl")))),
         FileResult(
             path=INJECTY, format="pickle", status=Status.VIOLATION,
-            findings=(Finding(FindingKind.NOT_ALLOWED,
-                              "builtins.exec is not allowed by policy (no allow entry names it; "
-                              "GLOBAL)", module="builtins", name="exec", offset=2),),
+            findings=(Finding(FindingKind.GADGET,
+                              "builtins.exec is a known code-execution gadget: executes Python "
+                              "source; never allow it (no allow entry names it; GLOBAL)",
+                              module="builtins", name="exec", offset=2),),
             inventory=Inventory(imports=(ref("builtins", "exec", 2, "GLOBAL"),))),
         FileResult(
             path="models/broken.pkl", format="pickle", status=Status.VIOLATION,
@@ -205,7 +208,7 @@ def test_github_required_fields():
         for key in ("shortDescription", "fullDescription", "help"):
             assert rule[key]["text"].strip(), (rule["id"], key)
         assert rule["help"]["markdown"].strip()
-        assert rule["defaultConfiguration"] == {"level": "error"}
+        assert rule["defaultConfiguration"]["level"] in ("error", "warning")
         assert "security" in rule["properties"]["tags"]
         assert 0.0 <= float(rule["properties"]["security-severity"]) <= 10.0
         assert rule["name"][0].isupper() and "-" not in rule["name"]
@@ -223,8 +226,10 @@ def test_one_rule_per_kind_plus_scan_error():
 
 def test_severities_of_import_rules():
     rules = {r["id"]: r for r in doc()["runs"][0]["tool"]["driver"]["rules"]}
-    for kind in ("denied", "not-allowed", "unresolved"):
-        assert float(rules[kind]["properties"]["security-severity"]) >= 9.0
+    severity = {k: float(r["properties"]["security-severity"]) for k, r in rules.items()}
+    assert severity["gadget"] == 10.0
+    assert severity["gadget"] > severity["denied"] > severity["not-allowed"] >= 7.0
+    assert severity["unresolved"] > severity["not-allowed"]
     assert "module" in rules["not-allowed"]["help"]["text"]
     assert "allow:" in rules["not-allowed"]["help"]["markdown"]
 
@@ -288,7 +293,7 @@ def test_member_is_a_logical_location_and_in_the_message():
     assert "posix.system" in text_ and "archive/data.pkl" in text_ and "offset 17" in text_
     assert "(2 occurrences)" in text_
     assert system["properties"] == {
-        "kind": "not-allowed", "module": "posix", "name": "system", "global": "posix.system",
+        "kind": "gadget", "module": "posix", "name": "system", "global": "posix.system",
         "member": "archive/data.pkl", "offset": 17, "count": 2}
     [exec_] = [r for r in document["runs"][0]["results"] if r["properties"].get("name") == "exec"]
     assert "logicalLocations" not in exec_["locations"][0]
@@ -313,8 +318,9 @@ def test_message_escapes_placeholders_and_links():
 def test_levels():
     run = doc()["runs"][0]
     levels = {r["ruleId"]: r["level"] for r in run["results"]}
-    assert levels["lfs-pointer"] == "warning"
-    assert levels["not-allowed"] == levels["denied"] == levels["malformed"] == "error"
+    assert levels["lfs-pointer"] == "note"               # downgraded by the policy
+    assert levels["gadget"] == levels["not-allowed"] == levels["denied"] == "error"
+    assert levels["malformed"] == "error"
 
 
 def test_unreadable_file_is_a_scan_error_result_and_a_notification():

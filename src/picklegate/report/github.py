@@ -14,12 +14,13 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from picklegate.findings import FileResult, Finding, FindingKind, ScanResult, Status
-from picklegate.report import text
-from picklegate.review import Gadget, load_gadgets
+from picklegate import review
+from picklegate.findings import FileResult, Finding, ScanResult, Status
+from picklegate.report import hints, text
+from picklegate.report.hints import AllowEntries, allow_line
+from picklegate.review import Gadget
 
 # GitHub shows at most 1 MiB of summary per step; stay well under it so other steps' output
 # (and this step's own other writes) still fit.
@@ -215,91 +216,15 @@ def _size(value: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # the allow-entry snippet
 
-# What a policy accepts as a module key (policy._MODULE_RE without the 'pkg.*' form) and as a
-# name that can stay unquoted in YAML.
-_IDENTIFIERS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-# Plain scalars PyYAML would not read as strings.
-_YAML_WORDS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null"}
-
-
-@dataclass(frozen=True)
-class AllowEntries:
-    """What the snippet offers: {module: sorted names}, the not-allowed globals that are known
-    code-execution gadgets (never offered), and how many globals a policy cannot name."""
-
-    modules: dict[str, list[str]]
-    gadgets: list[tuple[str, Gadget]]
-    unnameable: int
-
-
 def known_gadgets() -> list[Gadget]:
     """The curated gadget list (data/gadgets.yaml), or none if this install lacks it."""
-    try:
-        return load_gadgets()
-    except FileNotFoundError:
-        return []
+    return list(review.known_gadgets())
 
 
 def allow_entries(result: ScanResult, gadgets: list[Gadget] | None = None) -> AllowEntries:
-    """Every not-allowed global, grouped by module. Left out: known gadgets (the snippet must
-    never make allowing ``posix.system`` one paste away) and globals a policy cannot name (an
-    odd module, a name with spaces, or "*", which would allow far more than what was found)."""
-    if gadgets is None:
-        gadgets = known_gadgets()
-    modules: dict[str, set[str]] = {}
-    dangerous: dict[str, Gadget] = {}
-    unnameable: set[tuple[str, str]] = set()
-    for f in result.files:
-        for finding in f.findings:
-            if (finding.kind is not FindingKind.NOT_ALLOWED or finding.module is None
-                    or finding.name is None):
-                continue
-            module, name = finding.module, finding.name
-            if not _nameable(module, name):
-                unnameable.add((module, name))
-            elif (gadget := _gadget(module, name, gadgets)) is not None:
-                dangerous[f"{module}.{name}"] = gadget
-            else:
-                modules.setdefault(module, set()).add(name)
-    return AllowEntries({m: sorted(modules[m]) for m in sorted(modules)},
-                        sorted(dangerous.items()), len(unnameable))
-
-
-def _gadget(module: str, name: str, gadgets: list[Gadget]) -> Gadget | None:
-    for gadget in gadgets:
-        in_module = module == gadget.base or (
-            gadget.subtree and module.startswith(gadget.base + "."))
-        # A dotted (protocol 4) name reaches attributes of its first part: posix.system.x
-        # is as dangerous as posix.system.
-        if in_module and (not gadget.names or name.split(".")[0] in gadget.names):
-            return gadget
-    return None
-
-
-def _nameable(module: str, name: str) -> bool:
-    return (_IDENTIFIERS.match(module) is not None and name not in ("", "*")
-            and not any(c.isspace() or _CONTROL.match(c) for c in name))
-
-
-def yaml_scalar(value: str) -> str:
-    """A YAML scalar that reads back as exactly ``value`` (a string), in printable ASCII."""
-    if _IDENTIFIERS.match(value) and value.lower() not in _YAML_WORDS:
-        return value
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif code < 0x100:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
+    """Every not-allowed global of the scan, as :func:`hints.allow_entries` selects them (the
+    text report's per-file hints use the same function)."""
+    return hints.allow_entries((x for f in result.files for x in f.findings), gadgets)
 
 
 def allow_snippet(result: ScanResult, limit: int = MAX_SNIPPET,
@@ -320,7 +245,7 @@ def allow_snippet(result: ScanResult, limit: int = MAX_SNIPPET,
     used = _size("\n".join(lines))
     left = 0
     for module, names in entries.modules.items():
-        line = f"  {yaml_scalar(module)}: [{', '.join(yaml_scalar(n) for n in names)}]"
+        line = "  " + allow_line(module, names)
         if used + len(line) + 1 > limit:
             left += 1
             continue

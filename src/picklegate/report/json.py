@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picklegate.findings import FileResult, Finding, GlobalRef, ScanResult, Status
 from picklegate.report.text import safe
+
+if TYPE_CHECKING:     # (start-up: explain is only for `picklegate explain`)
+    from picklegate.explain import Explained, Explanation
 
 MAX_JSON = 8192
 _NEEDS_CARE = re.compile("[\ud800-\udfff]")
@@ -90,3 +93,41 @@ def _imports(refs: tuple[GlobalRef, ...]) -> list[dict[str, Any]]:
             seen[key] = {"module": ref.module, "name": ref.name, "member": ref.member,
                          "offset": ref.offset, "count": 1}
     return list(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# picklegate explain
+
+
+def render_explain(explanation: Explanation) -> str:
+    return json.dumps(clean(explain_document(explanation)), indent=2) + "\n"
+
+
+def explain_document(explanation: Explanation) -> dict[str, Any]:
+    return {
+        "version": JSON_VERSION,
+        "path": explanation.path,
+        "format": explanation.format,
+        "policy": explanation.policy,
+        "approval": explanation.approval,
+        "imports": [_explained(x) for x in explanation.imports],
+    }
+
+
+def _explained(x: Explained) -> dict[str, Any]:
+    return {
+        "module": x.module,
+        "name": x.name,
+        "member": x.member,
+        "offset": x.offset,
+        "opcode": x.opcode,
+        "count": x.count,
+        "written_as": x.written_as,
+        "uses": list(x.uses),
+        "more_uses": x.more_uses,
+        "verdict": x.verdict,
+        "kind": x.kind.value if x.kind is not None else None,
+        "decided_by": x.decided_by,
+        "risk": x.risk,
+        "references": list(x.references),
+    }

@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import quote
 
 import picklegate
-from picklegate.findings import FileResult, Finding, FindingKind, ScanResult, Status
+from picklegate.findings import (SEVERITY, FileResult, Finding, FindingKind, ScanResult, Severity,
+                                 Status)
 from picklegate.report import json as json_report
 
 SARIF_VERSION = "2.1.0"
@@ -65,18 +66,34 @@ _REVIEW = ("If the file really needs it, have a reviewer confirm that the global
 _APPROVE = ("If a reviewer has vetted this exact file, approve it by its sha256 in the policy's "
             "'approved:' section; any later change to the file voids the approval.")
 
+# security-severity follows the triage tiers of findings.SEVERITY (GitHub shows >= 9.0 as
+# critical, >= 7.0 as high, >= 4.0 as medium) and, within a tier, findings.TRIAGE_ORDER.
 RULES: tuple[Rule, ...] = (
+    Rule(FindingKind.GADGET.value, "KnownGadget",
+         "Pickle imports a known code-execution gadget",
+         "The file's pickle imports a global on picklegate's curated list of code-execution "
+         "gadgets (data/gadgets.yaml: functions that run commands, evaluate code, import "
+         "modules, reach attributes by name, touch files or the network). Ordinary model files "
+         "never need them; loading the file hands that callable to the unpickler.",
+         "The pickle names a global known to be used in pickle attacks. Treat the file as "
+         "malicious until proven otherwise; `picklegate explain FILE` shows how the pickle "
+         "uses it (for example the command it passes to posix.system).\n\n"
+         "How to fix: do not load the file and never allow the global. Remove the file, or "
+         "re-create it from trusted code (for PyTorch, a state_dict of tensors).",
+         "10.0", "very-high"),
     Rule(FindingKind.NOT_ALLOWED.value, "NotAllowedGlobal",
-         "Pickle global not allowed by the policy",
+         "Pickle global not in the allowlist (a policy gap)",
          "The file's pickle imports a global (module.name) that no allow entry of the picklegate "
-         "policy names. Unpickling it (pickle.load, torch.load without weights_only, "
-         "joblib.load, numpy.load with allow_pickle) imports that global and may call it, and "
-         "an unreviewed callable can run arbitrary code.",
+         "policy names and that is not a known gadget: a policy gap, not yet an attack. "
+         "Unpickling it (pickle.load, torch.load without weights_only, joblib.load, numpy.load "
+         "with allow_pickle) imports that global and may call it, and an unreviewed callable "
+         "can run arbitrary code.",
          "The pickle names a global the allowlist does not contain, so loading the file would "
          "import (and possibly call) something nobody has reviewed.\n\n"
-         "How to fix: if the global should not be there, re-create the file without it (for "
+         "How to fix: if a built-in preset allows it (the text report says so), add the preset "
+         "to `extends`. If the global should not be there, re-create the file without it (for "
          "PyTorch, save a state_dict of tensors rather than a whole model object). " + _REVIEW,
-         "9.0", "very-high"),
+         "8.0", "high"),
     Rule(FindingKind.DENIED.value, "DeniedGlobal",
          "Pickle global explicitly denied by the policy",
          "The file's pickle imports a global that a deny entry of the policy names, typically "
@@ -87,7 +104,7 @@ RULES: tuple[Rule, ...] = (
          "How to fix: do not load the file. Remove it, or re-create it from trusted code. Deny "
          "entries are owned by the policy reviewers (the security team); they cannot be "
          "overridden by an allow entry.",
-         "9.8", "very-high"),
+         "9.5", "very-high"),
     Rule(FindingKind.UNRESOLVED.value, "UnresolvedImport",
          "Pickle import whose target cannot be determined statically",
          "The pickle performs an import picklegate cannot prove, for example a STACK_GLOBAL "
@@ -99,7 +116,7 @@ RULES: tuple[Rule, ...] = (
          "hide a dangerous import.\n\n"
          "How to fix: re-save the object with a standard pickler (torch.save, joblib.dump or "
          "pickle.dump of plain objects) so every import is a literal module and name. " + _APPROVE,
-         "9.0", "high"),
+         "8.5", "high"),
     Rule(FindingKind.MALFORMED.value, "MalformedContent",
          "Malformed or truncated model content",
          "Part of the file could not be fully understood: a truncated or corrupt pickle, bytes "
@@ -111,7 +128,7 @@ RULES: tuple[Rule, ...] = (
          "How to fix: re-create the file from its source (a truncated upload or a bad merge is "
          "the usual cause). If the file is valid and loads correctly, please report it to "
          "picklegate. " + _APPROVE,
-         "8.0", "high"),
+         "7.5", "high"),
     Rule(FindingKind.LIMIT.value, "LimitExceeded",
          "A scanner bound was reached; the rest of the file is unanalysed",
          "The file exceeded one of picklegate's bounds (opcodes, stack, memo, streams, archive "
@@ -152,7 +169,7 @@ RULES: tuple[Rule, ...] = (
          "produce, which can make a loader read a different member than the scanner checked.\n\n"
          "How to fix: re-create the archive with the library that owns the format (torch.save, "
          "numpy.savez, a standard zip or tar tool). " + _APPROVE,
-         "8.0", "high"),
+         "7.8", "high"),
     Rule(FindingKind.UNSUPPORTED.value, "UnsupportedHere",
          "Known format that cannot be opened in this environment",
          "The file is in a format picklegate knows, but this installation cannot open it, "
@@ -183,6 +200,13 @@ RULES: tuple[Rule, ...] = (
          "5.0", "very-high"),
 )
 RULE_INDEX = {rule.id: i for i, rule in enumerate(RULES)}
+# SARIF levels by tier: what must be fixed before loading is an error, unscanned content a
+# warning; a finding the policy downgrades (lfs_pointers: warn) is a note.
+LEVELS = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning"}
+
+
+def level(kind: FindingKind, warning: bool = False) -> str:
+    return "note" if warning else LEVELS[SEVERITY[kind]]
 
 
 def render(result: ScanResult, color: bool = False) -> str:
@@ -309,7 +333,7 @@ def _result(path: str, finding: Finding, index: int) -> dict[str, Any]:
     return {
         "ruleId": finding.kind.value,
         "ruleIndex": RULE_INDEX[finding.kind.value],
-        "level": "warning" if finding.warning else "error",
+        "level": level(finding.kind, finding.warning),
         "message": {"text": message_text(finding)},
         "locations": [location],
         "partialFingerprints": {FINGERPRINT_KEY: digest},
@@ -358,13 +382,14 @@ def _notification(f: FileResult, index: int) -> dict[str, Any]:
 
 
 def _rule(rule: Rule) -> dict[str, Any]:
+    default = "error" if rule.id == SCAN_ERROR else level(FindingKind(rule.id))
     return {
         "id": rule.id,
         "name": rule.name,
         "shortDescription": {"text": rule.short},
         "fullDescription": {"text": rule.full},
         "help": {"text": rule.help, "markdown": _markdown(rule)},
-        "defaultConfiguration": {"level": "error"},
+        "defaultConfiguration": {"level": default},
         "properties": {
             "tags": ["security", "external/cwe/cwe-502"],
             "precision": rule.precision,
