@@ -39,7 +39,7 @@ def _import_finding(ref: GlobalRef, policy: Policy, relpath: str | None,
         return None
     kind = FindingKind.DENIED if decision.verdict is Verdict.DENIED else FindingKind.NOT_ALLOWED
     return Finding(kind=kind, message=import_message(ref, decision), module=ref.module,
-                   name=ref.name, member=ref.member, offset=ref.offset)
+                   name=ref.name, member=ref.member, offset=ref.offset, count=ref.count)
 
 
 def import_message(ref: GlobalRef, decision: Decision) -> str:
