@@ -16,7 +16,7 @@ import mmap
 import pickletools
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, Protocol, Union, overload
+from typing import Any, Callable, NamedTuple, Protocol, Union, cast, overload
 
 from picklegate.findings import Finding, FindingKind, GlobalRef
 from picklegate.limits import DEFAULT_LIMITS, Limits
@@ -110,21 +110,14 @@ class Mapping:
     # Among the dropped keys, the first that is (or may be) a __dunder__ name, so a BUILD
     # state can be judged on every key without keeping them all.
     special: str | None = None
+    # The stream's record for every dict made after its budget of kept items was spent.
+    shared: bool = False
 
 
 Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText", "LongBytes",
               "Ref", "Instance", "Seq", "Mapping"]
 MISSING = Opaque("missing")
 UNDERFLOW = Opaque("stack underflow")
-# Once a stream's budget of kept items (Limits.max_kept_items) is spent, every new container is
-# one of these shared records: nothing is kept for it, ``dropped`` makes every reader treat it as
-# unknown (fail closed), and a possibly special key added to any of them marks them all, so a
-# BUILD with such a state is reported rather than passed.
-SPENT_LIST = Seq("list", dropped=1)
-SPENT_SET = Seq("set", dropped=1)
-SPENT_FROZENSET = Seq("frozenset", dropped=1)
-SPENT_DICT = Mapping(dropped=1)
-SPENT = (SPENT_LIST, SPENT_SET, SPENT_FROZENSET, SPENT_DICT)
 
 
 def describe(value: Value) -> str:
@@ -237,8 +230,16 @@ class PickleMachine:
         self.op_offset = start   # offset of the opcode being executed
         self.result: Value = None  # what STOP returned (format readers inspect it)
         self.underflows = 0
-        # Container entries and containers this stream may still keep (see SPENT_DICT).
+        # Container entries and containers this stream may still keep. Once the budget is
+        # spent, every new container is one of these shared records: nothing is kept for it,
+        # ``dropped`` makes every reader treat it as unknown (fail closed), and a possibly
+        # special key added to any of them marks them all, so a BUILD with such a state is
+        # reported rather than passed. They are per stream: no file taints another.
         self.room = limits.max_kept_items
+        self.spent_list = Seq("list", dropped=1)
+        self.spent_set = Seq("set", dropped=1)
+        self.spent_frozenset = Seq("frozenset", dropped=1)
+        self.spent_dict = Mapping(dropped=1, shared=True)
         self.max_memo = limits.max_memo     # read per opcode: no attribute chains
         self.max_marks = limits.max_marks
         # End of the current FRAME (absolute), None outside frames or once a frame is reported.
@@ -270,27 +271,34 @@ class PickleMachine:
             self.fold_repeats()
 
     def loop(self, walking: bool) -> int | None:
-        """The opcode loop: decode each opcode's argument from OPS, then run its handler.
+        """The opcode loop: decode each opcode's argument as OPS describes it, then run its
+        handler with it.
 
         ``walking`` (after a Bound): only read on for imports, at O(1) per opcode beyond its
         argument. GLOBAL and INST still name their imports exactly; every STACK_GLOBAL or EXT
         is unresolved, since its operands are no longer known. One finding counts them all.
 
-        Everything the loop touches per opcode is a local: this is the scanner's hot path
-        (benchmarks/bench_machine.py). Handlers see ``m.pos`` after the argument.
+        This is the scanner's hot path (benchmarks/bench_machine.py): everything it touches
+        per opcode is a local. ``fence`` is the first position where an argument needs more
+        than a plain read: the end of the data or of the current FRAME, or 0 while a raw read
+        left the file elsewhere (``resume``). An argument ending at or before it can be neither
+        truncated nor cross a frame, so only arguments past it go through take()'s checks.
+        Handlers see ``m.pos`` after the argument.
         """
-        buf, end, ops = self.buf, self.end, OPS
+        buf, end, ops, line = self.buf, self.end, OPS, LINE
         # struct reads bytes and mmap in place; other Buffers (test doubles) are sliced.
         direct = isinstance(buf, (bytes, bytearray, memoryview, mmap.mmap))
+        raw = cast(bytes, buf)      # read through only when ``direct``
         max_opcodes = self.limits.max_opcodes
         max_stack = self.limits.max_stack
         count = self.count
         pos = self.pos
+        fence = self.fence()
         blind: Finding | None = None
         blind_count = 0
         try:
             while True:
-                if pos >= end:
+                if pos >= fence and pos >= end:
                     raise Fatal(FindingKind.MALFORMED, pos,
                                 "pickle stream ends without a STOP opcode (truncated file?)")
                 count += 1
@@ -298,61 +306,52 @@ class PickleMachine:
                     raise Fatal(FindingKind.LIMIT, pos,
                                 f"more than {max_opcodes} opcodes in one stream; "
                                 "the rest was not analysed")
-                if self.resume is not None:
+                if pos >= fence:
                     self.pos = pos
                     self.leave_frame()
                     pos = self.pos
+                    fence = self.fence()
                 self.op_offset = pos
                 spec = ops[buf[pos]]
                 if spec is None:
                     raise Fatal(FindingKind.MALFORMED, pos,
                                 f"invalid pickle opcode 0x{buf[pos]:02x}; the rest of the stream "
                                 "cannot be read")
-                name, size, fixed, counted, handler = spec
+                name, size, fixed, counted, moves, handler = spec
                 pos += 1
-                arg: object = None
+                arg: Any = None
                 if size > 0:
-                    # A fixed-size argument, or the length prefix of a counted one.
-                    if self.resume is not None:
-                        self.pos = pos
-                        self.leave_frame()
-                        pos = self.pos
+                    # A fixed-size argument, or the length prefix of a counted payload.
                     stop = pos + size
-                    if stop > end:
-                        raise Fatal(FindingKind.MALFORMED, self.op_offset,
-                                    f"truncated: {name} needs {size} bytes of argument, "
-                                    f"{max(end - pos, 0)} remain")
-                    if self.frame_end is not None and pos < self.frame_end < stop:
-                        self.frame_check(pos, stop)
+                    if stop > fence:
+                        self.pos = pos
+                        pos = self.take(size)
+                        stop = self.pos
+                        fence = self.fence()
                     if size == 1:
                         arg = buf[pos]
                     elif direct:
-                        arg = fixed.unpack_from(buf, pos)[0]
+                        arg = fixed.unpack_from(raw, pos)[0]
                     else:
                         arg = fixed.unpack(buf[pos:stop])[0]
                     pos = stop
                     if counted:
-                        # The payload follows; handlers find it at m.pos - arg.
-                        n: int = arg    # type: ignore[assignment]
-                        if n < 0:
+                        # The payload: handlers find it at m.pos - arg.
+                        if arg < 0:
                             raise Fatal(FindingKind.MALFORMED, self.op_offset,
                                         f"{name} has a negative byte count")
-                        if self.resume is not None:
+                        stop = pos + arg
+                        if stop > fence:
                             self.pos = pos
-                            self.leave_frame()
-                            pos = self.pos
-                        stop = pos + n
-                        if stop > end:
-                            raise Fatal(FindingKind.MALFORMED, self.op_offset,
-                                        f"truncated: {name} needs {n} bytes of argument, "
-                                        f"{max(end - pos, 0)} remain")
-                        if self.frame_end is not None and pos < self.frame_end < stop:
-                            self.frame_check(pos, stop)
+                            self.take(arg)
+                            stop = self.pos
+                            fence = self.fence()
                         pos = stop
-                elif size == LINE:
+                elif size == line:
                     self.pos = pos
                     arg = self.line()
                     pos = self.pos
+                    fence = self.fence()
                 # size == NO_ARGUMENT, or NAME_PAIR: GLOBAL and INST read their own two lines.
                 self.pos = pos
                 if walking:
@@ -361,8 +360,9 @@ class PickleMachine:
                         return pos if self.resume is None else self.resume
                     if size == NAME_PAIR:
                         _line_import(self, name)
+                        fence = self.fence()
                     elif name == "PROTO":
-                        self.proto = min(arg, HIGHEST_PROTOCOL)  # type: ignore[type-var]
+                        self.proto = min(arg, HIGHEST_PROTOCOL)
                     elif name == "STACK_GLOBAL" or name.startswith("EXT"):
                         blind = blind or self.out.finding_value(
                             FindingKind.UNRESOLVED, self.op_offset,
@@ -380,6 +380,8 @@ class PickleMachine:
                     self.stack.pop()
                     raise Bound(self.op_offset, f"stack deeper than {max_stack} items")
                 pos = self.pos
+                if moves:
+                    fence = self.fence()
         except Bound:
             raise
         except Fatal as fatal:
@@ -393,6 +395,28 @@ class PickleMachine:
                 self.out.findings.append(replace(blind, count=blind_count))
 
     count = 0
+
+    def fence(self) -> int:
+        """See loop(): below this position, arguments need no checks."""
+        if self.resume is not None:
+            return 0
+        frame_end = self.frame_end
+        if frame_end is not None and self.pos < frame_end < self.end:
+            return frame_end
+        return self.end
+
+    def take(self, n: int) -> int:
+        """Step over an ``n``-byte argument piece at m.pos with every check: leave a used-up
+        frame for the file position, refuse truncation, report a FRAME crossing."""
+        self.leave_frame()
+        start = self.pos
+        if start + n > self.end:
+            raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                        f"truncated: {self.opname()} needs {n} bytes of argument, "
+                        f"{max(self.end - start, 0)} remain")
+        self.frame_check(start, start + n)
+        self.pos = start + n
+        return start
 
     def fold_repeats(self) -> None:
         """Write each repeated import's count into its GlobalRef (once, at the stream's end)."""
@@ -554,6 +578,7 @@ class PickleMachine:
     # -- containers under the budget of kept items ------------------------------------------
 
     def new_seq(self, kind: str, spent: Seq) -> Seq:
+        """A new list/set/frozenset, or the stream's shared ``spent`` one (see room)."""
         if self.room > 0:
             self.room -= 1
             return Seq(kind)
@@ -563,7 +588,7 @@ class PickleMachine:
         if self.room > 0:
             self.room -= 1
             return Mapping()
-        return SPENT_DICT
+        return self.spent_dict
 
     def add_items(self, target: Value, values: list[Value]) -> None:
         """APPEND(S)/ADDITEMS: keep up to KEPT_ITEMS per container and the stream's room."""
@@ -995,8 +1020,13 @@ def _tuple1(m: PickleMachine, arg: None) -> bool:
 
 @opcode("TUPLE2")
 def _tuple2(m: PickleMachine, arg: None) -> bool:
-    second = m.pop()
-    m.push((m.pop(), second))
+    stack = m.stack
+    if len(stack) >= 2:
+        second = stack.pop()
+        stack[-1] = (stack[-1], second)
+    else:
+        second = m.pop()
+        m.push((m.pop(), second))
     return False
 
 
@@ -1010,14 +1040,18 @@ def _tuple3(m: PickleMachine, arg: None) -> bool:
 
 @opcode("EMPTY_LIST")
 def _empty_list(m: PickleMachine, arg: None) -> bool:
-    m.stack.append(m.new_seq("list", SPENT_LIST))
+    if m.room > 0:          # new_seq, inline
+        m.room -= 1
+        m.stack.append(Seq("list", []))
+    else:
+        m.stack.append(m.spent_list)
     return False
 
 
 @opcode("LIST")
 def _list(m: PickleMachine, arg: None) -> bool:
     items = m.pop_mark()
-    seq = m.new_seq("list", SPENT_LIST)
+    seq = m.new_seq("list", m.spent_list)
     m.add_items(seq, items)
     m.push(seq)
     return False
@@ -1025,14 +1059,14 @@ def _list(m: PickleMachine, arg: None) -> bool:
 
 @opcode("EMPTY_SET")
 def _empty_set(m: PickleMachine, arg: None) -> bool:
-    m.push(m.new_seq("set", SPENT_SET))
+    m.push(m.new_seq("set", m.spent_set))
     return False
 
 
 @opcode("FROZENSET")
 def _frozenset(m: PickleMachine, arg: None) -> bool:
     items = m.pop_mark()
-    seq = m.new_seq("frozenset", SPENT_FROZENSET)
+    seq = m.new_seq("frozenset", m.spent_frozenset)
     m.add_items(seq, items)
     m.push(seq)
     return False
@@ -1040,7 +1074,11 @@ def _frozenset(m: PickleMachine, arg: None) -> bool:
 
 @opcode("EMPTY_DICT")
 def _empty_dict(m: PickleMachine, arg: None) -> bool:
-    m.stack.append(m.new_mapping())
+    if m.room > 0:          # new_mapping, inline
+        m.room -= 1
+        m.stack.append(Mapping([]))
+    else:
+        m.stack.append(m.spent_dict)
     return False
 
 
@@ -1064,9 +1102,15 @@ def _append(m: PickleMachine, arg: None) -> bool:
 
 @opcode("APPENDS", "ADDITEMS")
 def _appends(m: PickleMachine, arg: None) -> bool:
-    items = m.pop_mark()
-    stack = m.stack
-    m.add_items(stack[-1] if stack else m.top(), items)
+    items = m.stack
+    if m.metastack:     # pop_mark and top, inline for the common case
+        stack = m.stack = m.metastack.pop()
+        if stack:
+            m.add_items(stack[-1], items)
+            return False
+    else:
+        items = m.pop_mark()
+    m.add_items(m.top(), items)
     return False
 
 
@@ -1080,10 +1124,14 @@ def _setitem(m: PickleMachine, arg: None) -> bool:
 
 @opcode("SETITEMS")
 def _setitems(m: PickleMachine, arg: None) -> bool:
-    items = m.pop_mark()
+    items = m.stack
+    if m.metastack:     # pop_mark, inline for the common case
+        stack = m.stack = m.metastack.pop()
+    else:
+        items = m.pop_mark()
+        stack = m.stack
     if len(items) % 2:
         m.malformed("SETITEMS has an odd number of items")
-    stack = m.stack
     m.set_items(stack[-1] if stack else m.top(), items)
     return False
 
@@ -1130,7 +1178,11 @@ def _get(m: PickleMachine, raw: bytes) -> bool:
 
 @opcode("BINGET", "LONG_BINGET")
 def _binget(m: PickleMachine, index: int) -> bool:
-    m.memo_get(index)
+    memo = m.memo
+    if index < len(memo):       # memo_get's common case, inline (index is unsigned here)
+        m.stack.append(memo[index])
+    else:
+        m.memo_get(index)
     return False
 
 
@@ -1287,7 +1339,7 @@ def _special_state_key(state: Value) -> str | None:
     for part in parts:
         if not isinstance(part, Mapping):
             continue
-        if part is SPENT_DICT and part.special is not None:
+        if part.shared and part.special is not None:
             return ("an attribute whose name was not kept (the dicts built after the budget of "
                     "kept items was spent share one record, and one of them sets "
                     f"{part.special})")
@@ -1341,21 +1393,25 @@ class OpSpec(NamedTuple):
     size: int           # > 0: fixed argument or length prefix; NO_ARGUMENT, LINE or NAME_PAIR
     fixed: struct.Struct  # how a fixed argument or length prefix is encoded
     counted: bool       # the fixed part is the byte count of a payload that follows
+    moves: bool         # the handler may move the file position or the frame (loop's fence)
     handler: Handler
 
 
 def _spec(op: pickletools.OpcodeInfo) -> OpSpec:
     arg, handler = op.arg, _HANDLERS[op.name]
+    # FRAME sets the frame; BUILD runs format hooks that read raw bytes (read_raw);
+    # GLOBAL/INST read their own lines.
+    moves = op.name in ("FRAME", "BUILD", "GLOBAL", "INST")
     if arg is None:
-        return OpSpec(op.name, NO_ARGUMENT, _NONE, False, handler)
+        return OpSpec(op.name, NO_ARGUMENT, _NONE, False, moves, handler)
     if arg.n >= 0:
         assert _FIXED[arg.name].size == arg.n
-        return OpSpec(op.name, arg.n, _FIXED[arg.name], False, handler)
+        return OpSpec(op.name, arg.n, _FIXED[arg.name], False, moves, handler)
     if arg.n == pickletools.UP_TO_NEWLINE:
         size = NAME_PAIR if arg.name == "stringnl_noescape_pair" else LINE
-        return OpSpec(op.name, size, _NONE, False, handler)
+        return OpSpec(op.name, size, _NONE, False, moves, handler)
     prefix = _PREFIX[arg.n]
-    return OpSpec(op.name, prefix.size, prefix, True, handler)
+    return OpSpec(op.name, prefix.size, prefix, True, moves, handler)
 
 
 _OPCODES = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
