@@ -4,7 +4,8 @@
 
 Opcode-dense pickles only (small values, many opcodes), where the per-opcode cost of the loop
 is what is measured; payload-heavy files are benchmarks/bench_scan.py's business. Each case is
-timed in-process, best of ``--repeat`` runs. genops is the baseline every static scanner is
+timed in-process in CPU time (time.process_time: both are single-threaded, and CPU time does not
+count the waits of a shared machine), best of ``--repeat`` runs. genops is the baseline every static scanner is
 built on: it decodes each argument but models no stack or memo. Nothing is ever unpickled.
 """
 from __future__ import annotations
@@ -73,9 +74,9 @@ def cases(scale: float) -> dict[str, bytes]:
 def best(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 

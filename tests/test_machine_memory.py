@@ -169,6 +169,15 @@ def test_repeat_counts_reach_the_merged_finding() -> None:
     result = scan_bytes(data, policy(), path="x.pkl")
     assert [(f.kind, f.module, f.name, f.offset, f.count) for f in result.findings] == [
         (FindingKind.NOT_ALLOWED, "os", "getcwd", 2, 7)]
+    # one GLOBAL record and one STACK_GLOBAL record; the JSON inventory adds their counts
+    assert [(r.opcode, r.count) for r in result.inventory.imports] == [
+        ("GLOBAL", 3), ("STACK_GLOBAL", 4)]
+    from picklegate.findings import ScanResult
+    from picklegate.report.json import document
+
+    [entry] = document(ScanResult((result,), "test"))["files"][0]["imports"]
+    assert (entry["module"], entry["name"], entry["offset"], entry["count"]) == (
+        "os", "getcwd", 2, 7)
 
 
 @pytest.mark.parametrize("which", ["module", "name"])
