@@ -348,10 +348,15 @@ class PickleMachine:
                             fence = self.fence()
                         pos = stop
                 elif size == line:
-                    self.pos = pos
-                    arg = self.line()
-                    pos = self.pos
-                    fence = self.fence()
+                    nl = buf.find(b"\n", pos, end)
+                    if 0 <= nl < fence:
+                        arg = buf[pos:nl]
+                        pos = nl + 1
+                    else:
+                        self.pos = pos
+                        arg = self.line()
+                        pos = self.pos
+                        fence = self.fence()
                 # size == NO_ARGUMENT, or NAME_PAIR: GLOBAL and INST read their own two lines.
                 self.pos = pos
                 if walking:
