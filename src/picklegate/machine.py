@@ -7,7 +7,14 @@ and the memo exactly: a STACK_GLOBAL is resolved only when both operands are pro
 (as ``load_stack_global`` requires), through any mix of memo writes and reads.
 
 Byte payloads are never copied beyond :data:`INLINE_BYTES`: the reader seeks over them and keeps
-their offset, so memory grows with the number of opcodes, not with the payload size.
+their offset. Containers keep at most :data:`KEPT_ITEMS` items each and a stream keeps at most
+``Limits.max_kept_items`` in all; beyond that, containers only count what they drop, and readers
+treat them as unknown. So memory follows what an import can need (the memo, the strs it holds,
+the stack), not the pickle's size; a repeated import is one record with a count.
+
+One table (:data:`OPS`, derived from ``pickletools.opcodes``) says how every opcode's argument
+is encoded; one loop (:meth:`PickleMachine.loop`) decodes it and calls the opcode's handler,
+and also walks the rest of a stream for imports after a bound.
 """
 from __future__ import annotations
 
