@@ -118,16 +118,23 @@ def test_lz4_runtime_error_is_malformed() -> None:
 
 
 def test_dotted_name_of_100000_parts_against_deny() -> None:
-    """Entry.denies checked every prefix with a join: quadratic (139 s). Now one pass."""
+    """Entry.denies checked every prefix with a join: quadratic (139 s). Now one pass. The
+    200 KB name is over the default name bound (a limit finding, below); raised, the policy
+    matcher sees it whole."""
     from picklegate.policy import load_policy
+    from picklegate.scan import ScanOptions
+
+    options = ScanOptions(limits=Limits(max_name_bytes=1 << 20))
     # os is on the gadget list: not denied by the entry, it is still a known gadget
     for listed, kind in (("a.a.b", FindingKind.GADGET), ("a.a", FindingKind.DENIED)):
         text = f"version: 1\nextends: [builtins-safe]\ndeny:\n  os: [{listed}]\n"
         pol = load_policy("p.yaml", read=lambda p, text=text: text)
-        result = scan_bytes(hostile.dotted_name(100_000), pol)
+        result = scan_bytes(hostile.dotted_name(100_000), pol, options=options)
         (found,) = result.findings
         assert (found.kind, found.module) == (kind, "os")
         assert found.name is not None and found.name.count(".") == 99_999
+    (bound,) = scan_bytes(hostile.dotted_name(100_000), pol).findings
+    assert bound.kind is FindingKind.LIMIT and "GLOBAL" in bound.message
 
 
 # ---------------------------------------------------------------------------------------------

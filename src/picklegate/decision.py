@@ -45,7 +45,7 @@ def _import_finding(ref: GlobalRef, policy: Policy, relpath: str | None,
     if kind is None:
         return None
     return Finding(kind=kind, message=import_message(ref, decision, gadget), module=ref.module,
-                   name=ref.name, member=ref.member, offset=ref.offset)
+                   name=ref.name, member=ref.member, offset=ref.offset, count=ref.count)
 
 
 def classify(ref: GlobalRef, decision: Decision) -> tuple[FindingKind | None, Gadget | None]:

@@ -68,6 +68,9 @@ class GlobalRef:
     member: str | None = None
     # The name as written in the stream when Python 2 name mapping (_compat_pickle) changed it.
     written_as: str | None = None
+    # How many times this stream imported it (same opcode and spelling); the offset is the
+    # first one's. A name imported 10M times is one record, not 10M.
+    count: int = 1
 
     @property
     def dotted(self) -> str:

@@ -51,6 +51,13 @@ class Limits:
     max_stack: int = 1_000_000
     max_marks: int = 100_000
     max_memo: int = 10_000_000
+    # Symbolic items (container entries and containers) kept across one stream for format
+    # readers (joblib's wrapper states, torch's keys). Beyond it containers only count, which
+    # their readers treat as unknown: memory follows what an import can need, not file size.
+    max_kept_items: int = 100_000
+    # A GLOBAL/INST name line longer than this is never materialised: no importable name is
+    # (a path component is at most 255 bytes); it is skipped and reported.
+    max_name_bytes: int = 64 * 1024
     # Pickle streams in one file or member (concatenated pickles, torch legacy has five).
     max_streams: int = 10_000
     # Container and compression bounds (used by formats/), shared by every nesting level.

@@ -7,15 +7,23 @@ and the memo exactly: a STACK_GLOBAL is resolved only when both operands are pro
 (as ``load_stack_global`` requires), through any mix of memo writes and reads.
 
 Byte payloads are never copied beyond :data:`INLINE_BYTES`: the reader seeks over them and keeps
-their offset, so memory grows with the number of opcodes, not with the payload size.
+their offset. Containers keep at most :data:`KEPT_ITEMS` items each and a stream keeps at most
+``Limits.max_kept_items`` in all; beyond that, containers only count what they drop, and readers
+treat them as unknown. So memory follows what an import can need (the memo, the strs it holds,
+the stack), not the pickle's size; a repeated import is one record with a count.
+
+One table (:data:`OPS`, derived from ``pickletools.opcodes``) says how every opcode's argument
+is encoded; one loop (:meth:`PickleMachine.loop`) decodes it and calls the opcode's handler,
+and also walks the rest of a stream for imports after a bound.
 """
 from __future__ import annotations
 
 import codecs
+import mmap
 import pickletools
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, Union, overload
+from typing import Any, Callable, NamedTuple, Protocol, Union, cast, overload
 
 from picklegate.findings import Finding, FindingKind, GlobalRef
 from picklegate.limits import DEFAULT_LIMITS, Limits
@@ -45,17 +53,17 @@ class Buffer(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Symbolic values
+# Symbolic values. Slotted: a pickle of millions of small objects makes millions of these.
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Opaque:
     """A value the machine cannot know (a call result, a persistent object, ...)."""
 
     what: str
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LongText:
     """A ``str`` too large to inline; decoded from the buffer only when an import needs it."""
 
@@ -64,20 +72,20 @@ class LongText:
     encoding: str
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LongBytes:
     offset: int
     length: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Ref:
     """The object a GLOBAL/INST/STACK_GLOBAL imported."""
 
     ref: GlobalRef
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     """What REDUCE/NEWOBJ/NEWOBJ_EX/OBJ/INST would produce: ``callee(*args, **kwargs)``."""
 
@@ -90,36 +98,27 @@ class Instance:
     items: list[Value] = field(default_factory=list)   # APPEND(S)/SETITEM(S)/ADDITEMS on it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Seq:
-    """list, set or frozenset (identity matters: the memo shares them)."""
+    """list, set or frozenset (identity matters: the memo shares them).
+
+    ``dropped`` counts items not kept (beyond KEPT_ITEMS, or beyond the stream's budget of
+    kept items); readers that need the contents treat a Seq with dropped items as unknown."""
 
     kind: str
     items: list[Value] = field(default_factory=list)
     dropped: int = 0
 
-    def add(self, value: Value) -> None:
-        if len(self.items) < KEPT_ITEMS:
-            self.items.append(value)
-        else:
-            self.dropped += 1
 
-
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Mapping:
     items: list[tuple[Value, Value]] = field(default_factory=list)
     dropped: int = 0
     # Among the dropped keys, the first that is (or may be) a __dunder__ name, so a BUILD
     # state can be judged on every key without keeping them all.
     special: str | None = None
-
-    def add(self, key: Value, value: Value) -> None:
-        if len(self.items) < KEPT_ITEMS:
-            self.items.append((key, value))
-            return
-        self.dropped += 1
-        if self.special is None:
-            self.special = special_name(key)
+    # The stream's record for every dict made after its budget of kept items was spent.
+    shared: bool = False
 
 
 Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText",
@@ -234,132 +233,200 @@ class PickleMachine:
         self.on_build = on_build
         self.stack: list[Value] = []
         self.metastack: list[list[Value]] = []
-        self.memo: dict[int, Value] = {}
+        # The memo: dense indices (MEMOIZE, a pickler's BINPUTs) in a list, others in a dict.
+        # Invariant: index i is in ``memo`` iff i < len(memo), else in ``sparse`` if anywhere.
+        self.memo: list[Value] = []
+        self.sparse: dict[int, Value] = {}
         self.proto = 0           # pickle.py load(): self.proto = 0 until a PROTO opcode
         self.op_offset = start   # offset of the opcode being executed
         self.result: Value = None  # what STOP returned (format readers inspect it)
         self.underflows = 0
+        # Container entries and containers this stream may still keep. Once the budget is
+        # spent, every new container is one of these shared records: nothing is kept for it,
+        # ``dropped`` makes every reader treat it as unknown (fail closed), and a possibly
+        # special key added to any of them marks them all, so a BUILD with such a state is
+        # reported rather than passed. They are per stream: no file taints another.
+        self.room = limits.max_kept_items
+        self.spent_list = Seq("list", dropped=1)
+        self.spent_set = Seq("set", dropped=1)
+        self.spent_frozenset = Seq("frozenset", dropped=1)
+        self.spent_dict = Mapping(dropped=1, shared=True)
+        self.max_memo = limits.max_memo     # read per opcode: no attribute chains
+        self.max_marks = limits.max_marks
         # End of the current FRAME (absolute), None outside frames or once a frame is reported.
         self.frame_end: int | None = None
         # Set by read_raw inside a FRAME: where the file handle is, so where reading continues
         # once the frame's bytes are used up (pickle._Unpickler's _Unframer).
         self.resume: int | None = None
+        # (module, name, opcode, written_as) -> index in out.imports, and repeat counts, so a
+        # name imported 10M times costs one record (folded into GlobalRef.count at the end).
+        self.seen_imports: dict[tuple[str, str, str, str | None], int] = {}
+        self.repeats: dict[int, int] = {}
 
     # -- driver ---------------------------------------------------------------------------
 
     def run(self) -> int | None:
         """Execute to STOP; return the offset after it, or None if the stream broke off."""
         self.out.streams += 1
-        dispatch = _DISPATCH
-        count = 0
         try:
-            while True:
-                if self.pos >= self.end:
-                    raise Fatal(FindingKind.MALFORMED, self.pos,
-                                "pickle stream ends without a STOP opcode (truncated file?)")
-                count += 1
-                if count > self.limits.max_opcodes:
-                    raise Fatal(FindingKind.LIMIT, self.pos,
-                                f"more than {self.limits.max_opcodes} opcodes in one stream; "
-                                "the rest was not analysed")
-                if self.resume is not None:
-                    self.leave_frame()
-                self.op_offset = self.pos
-                code = self.buf[self.pos]
-                self.pos += 1
-                handler = dispatch.get(code)
-                if handler is None:
-                    raise Fatal(FindingKind.MALFORMED, self.op_offset,
-                                f"invalid pickle opcode 0x{code:02x}; the rest of the stream "
-                                "cannot be read")
-                if handler(self):
-                    self.out.completed += 1
-                    return self.pos if self.resume is None else self.resume
+            return self.loop(False)
         except Bound as bound:
-            self.out.finding(bound.kind, bound.offset, bound.message + "; the rest of the stream "
-                             "was read for imports only (STACK_GLOBAL is then unresolved)")
+            self.out.finding(bound.kind, bound.offset, bound.message + "; the rest of the "
+                             "stream was read for imports only (STACK_GLOBAL is then unresolved)")
             self.out.error_at(bound.offset)
-            return self.walk(count)
-        except Fatal as fatal:
-            self.out.finding(fatal.kind, fatal.offset, fatal.message)
-            self.out.error_at(fatal.offset)
-            return None
+            # The symbolic values are dropped (that is what the bound protects).
+            self.stack, self.metastack, self.memo, self.sparse = [], [], [], {}
+            self.frame_end = None
+            return self.loop(True)
+        finally:
+            self.fold_repeats()
 
-    def walk(self, count: int) -> int | None:
-        """Read on after a Bound, for imports only, at O(1) per opcode beyond its argument.
+    def loop(self, walking: bool) -> int | None:
+        """The opcode loop: decode each opcode's argument as OPS describes it, then run its
+        handler with it.
 
-        The symbolic values are dropped (that is what the bound protects); GLOBAL and INST
-        still name their imports exactly, and every STACK_GLOBAL or EXT is unresolved, since
-        its operands are no longer known. One finding counts them all."""
-        self.stack, self.metastack, self.memo = [], [], {}
-        self.frame_end = None
+        ``walking`` (after a Bound): only read on for imports, at O(1) per opcode beyond its
+        argument. GLOBAL and INST still name their imports exactly; every STACK_GLOBAL or EXT
+        is unresolved, since its operands are no longer known. One finding counts them all.
+
+        This is the scanner's hot path (benchmarks/bench_machine.py): everything it touches
+        per opcode is a local. ``fence`` is the first position where an argument needs more
+        than a plain read: the end of the data or of the current FRAME, or 0 while a raw read
+        left the file elsewhere (``resume``). An argument ending at or before it can be neither
+        truncated nor cross a frame, so only arguments past it go through take()'s checks.
+        Handlers see ``m.pos`` after the argument.
+        """
+        buf, end, ops, line = self.buf, self.end, OPS, LINE
+        # struct reads bytes and mmap in place; other Buffers (test doubles) are sliced.
+        direct = isinstance(buf, (bytes, bytearray, memoryview, mmap.mmap))
+        raw = cast(bytes, buf)      # read through only when ``direct``
+        max_opcodes = self.limits.max_opcodes
+        max_stack = self.limits.max_stack
+        count = self.count
+        pos = self.pos
+        fence = self.fence()
         blind: Finding | None = None
         blind_count = 0
         try:
             while True:
-                if self.pos >= self.end:
-                    raise Fatal(FindingKind.MALFORMED, self.pos,
+                if pos >= fence and pos >= end:
+                    raise Fatal(FindingKind.MALFORMED, pos,
                                 "pickle stream ends without a STOP opcode (truncated file?)")
                 count += 1
-                if count > self.limits.max_opcodes:
-                    raise Fatal(FindingKind.LIMIT, self.pos,
-                                f"more than {self.limits.max_opcodes} opcodes in one stream; "
+                if count > max_opcodes:
+                    raise Fatal(FindingKind.LIMIT, pos,
+                                f"more than {max_opcodes} opcodes in one stream; "
                                 "the rest was not analysed")
-                self.op_offset = self.pos
-                op = _OPCODES.get(self.buf[self.pos])
-                self.pos += 1
-                if op is None:
-                    raise Fatal(FindingKind.MALFORMED, self.op_offset,
-                                f"invalid pickle opcode 0x{self.buf[self.op_offset]:02x}; the "
-                                "rest of the stream cannot be read")
-                if op.name == "STOP":
-                    self.out.completed += 1
-                    return self.pos if self.resume is None else self.resume
-                if op.name in ("GLOBAL", "INST"):
-                    _line_import(self, op.name)
-                elif op.name == "PROTO":
-                    self.proto = min(self.read(1)[0], HIGHEST_PROTOCOL)
-                else:
-                    self.skip_argument(op)
-                    if op.name == "STACK_GLOBAL" or op.name.startswith("EXT"):
+                if pos >= fence:
+                    self.pos = pos
+                    self.leave_frame()
+                    pos = self.pos
+                    fence = self.fence()
+                self.op_offset = pos
+                spec = ops[buf[pos]]
+                if spec is None:
+                    raise Fatal(FindingKind.MALFORMED, pos,
+                                f"invalid pickle opcode 0x{buf[pos]:02x}; the rest of the stream "
+                                "cannot be read")
+                name, size, fixed, counted, moves, handler = spec
+                pos += 1
+                arg: Any = None
+                if size > 0:
+                    # A fixed-size argument, or the length prefix of a counted payload.
+                    stop = pos + size
+                    if stop > fence:
+                        self.pos = pos
+                        pos = self.take(size)
+                        stop = self.pos
+                        fence = self.fence()
+                    if size == 1:
+                        arg = buf[pos]
+                    elif direct:
+                        arg = fixed.unpack_from(raw, pos)[0]
+                    else:
+                        arg = fixed.unpack(buf[pos:stop])[0]
+                    pos = stop
+                    if counted:
+                        # The payload: handlers find it at m.pos - arg.
+                        if arg < 0:
+                            raise Fatal(FindingKind.MALFORMED, self.op_offset,
+                                        f"{name} has a negative byte count")
+                        stop = pos + arg
+                        if stop > fence:
+                            self.pos = pos
+                            self.take(arg)
+                            stop = self.pos
+                            fence = self.fence()
+                        pos = stop
+                elif size == line:
+                    nl = buf.find(b"\n", pos, end)
+                    if 0 <= nl < fence:
+                        arg = buf[pos:nl]
+                        pos = nl + 1
+                    else:
+                        self.pos = pos
+                        arg = self.line()
+                        pos = self.pos
+                        fence = self.fence()
+                # size == NO_ARGUMENT, or NAME_PAIR: GLOBAL and INST read their own two lines.
+                self.pos = pos
+                if walking:
+                    if name == "STOP":
+                        self.out.completed += 1
+                        return pos if self.resume is None else self.resume
+                    if size == NAME_PAIR:
+                        _line_import(self, name)
+                        fence = self.fence()
+                    elif name == "PROTO":
+                        self.proto = min(arg, HIGHEST_PROTOCOL)
+                    elif name == "STACK_GLOBAL" or name.startswith("EXT"):
                         blind = blind or self.out.finding_value(
                             FindingKind.UNRESOLVED, self.op_offset,
-                            f"{op.name} after a bound was hit: its operands were not tracked, "
+                            f"{name} after a bound was hit: its operands were not tracked, "
                             "so the import cannot be resolved")
                         blind_count += 1
+                    pos = self.pos
+                    continue
+                if handler(self, arg):
+                    self.out.completed += 1
+                    return self.pos if self.resume is None else self.resume
+                # Every handler pushes at most once, as its last step: checking here is
+                # push()'s check of pickle.py's unbounded stack, one place for all of them.
+                if len(self.stack) > max_stack:
+                    self.stack.pop()
+                    raise Bound(self.op_offset, f"stack deeper than {max_stack} items")
+                pos = self.pos
+                if moves:
+                    fence = self.fence()
+        except Bound:
+            raise
         except Fatal as fatal:
             self.out.finding(fatal.kind, fatal.offset, fatal.message)
+            if not walking:
+                self.out.error_at(fatal.offset)
             return None
         finally:
+            self.count = count
             if blind is not None:
                 self.out.findings.append(replace(blind, count=blind_count))
 
-    def skip_argument(self, op: pickletools.OpcodeInfo) -> None:
-        """Step over an opcode's argument as pickletools describes it, without decoding it."""
-        arg = op.arg
-        if arg is None:
-            return
-        n = arg.n
-        if n >= 0:
-            self.take(n)
-        elif n == pickletools.UP_TO_NEWLINE:
-            self.line()
-        elif n == pickletools.TAKEN_FROM_ARGUMENT1:
-            self.take(self.read(1)[0])
-        elif n == pickletools.TAKEN_FROM_ARGUMENT4:
-            self.take(self.unpack("<i"))
-        elif n == pickletools.TAKEN_FROM_ARGUMENT4U:
-            self.take(self.unpack("<I"))
-        else:
-            self.take(self.unpack("<Q"))
+    count = 0
 
-    # -- reading arguments ----------------------------------------------------------------
+    def fence(self) -> int:
+        """See loop(): below this position, arguments need no checks."""
+        if self.resume is not None:
+            return 0
+        frame_end = self.frame_end
+        if frame_end is not None and self.pos < frame_end < self.end:
+            return frame_end
+        return self.end
 
     def take(self, n: int) -> int:
-        """Advance over ``n`` bytes and return where they start."""
+        """Step over an ``n``-byte argument piece at m.pos with every check: leave a used-up
+        frame for the file position, refuse truncation, report a FRAME crossing."""
         self.leave_frame()
         start = self.pos
-        if n < 0 or start + n > self.end:
+        if start + n > self.end:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
                         f"truncated: {self.opname()} needs {n} bytes of argument, "
                         f"{max(self.end - start, 0)} remain")
@@ -367,14 +434,14 @@ class PickleMachine:
         self.pos = start + n
         return start
 
-    def read(self, n: int) -> bytes:
-        start = self.take(n)
-        return bytes(self.buf[start:start + n])
+    def fold_repeats(self) -> None:
+        """Write each repeated import's count into its GlobalRef (once, at the stream's end)."""
+        imports = self.out.imports
+        for index, repeats in self.repeats.items():
+            imports[index] = replace(imports[index], count=imports[index].count + repeats)
+        self.repeats = {}
 
-    def unpack(self, fmt: str) -> int:
-        size = struct.calcsize(fmt)
-        value: int = struct.unpack(fmt, self.read(size))[0]
-        return value
+    # -- reading arguments ----------------------------------------------------------------
 
     def line(self) -> bytes:
         """A newline-terminated argument without its newline; a missing newline is fatal."""
@@ -383,19 +450,32 @@ class PickleMachine:
         if nl < 0:
             raise Fatal(FindingKind.MALFORMED, self.op_offset,
                         f"truncated: {self.opname()} argument has no terminating newline")
-        self.frame_check(self.pos, nl + 1)
+        if self.frame_end is not None:
+            self.frame_check(self.pos, nl + 1)
         data = bytes(self.buf[self.pos:nl])
         self.pos = nl + 1
         return data
 
-    def name_line(self) -> bytes:
+    def name_line(self) -> bytes | None:
         """A GLOBAL/INST name line exactly as pickle.py reads it: ``readline()[:-1]``.
 
         At the end of the data pickle.py's readline returns what is left without a newline and
         ``[:-1]`` then drops its last byte; find_class still runs with that name. Report it too.
+        A line longer than Limits.max_name_bytes is skipped unread (None): it is reported,
+        and no module or attribute can have such a name, so the import fails there.
         """
         self.leave_frame()
         nl = self.buf.find(b"\n", self.pos, self.end)
+        stop = nl if nl >= 0 else self.end
+        if stop - self.pos > self.limits.max_name_bytes:
+            self.frame_check(self.pos, stop + 1 if nl >= 0 else stop)
+            self.out.finding(FindingKind.LIMIT, self.op_offset,
+                             f"{self.opname()} names a {stop - self.pos}-byte name, longer than "
+                             f"max_name_bytes ({self.limits.max_name_bytes}); no importable "
+                             "name is that long, so it was skipped unread")
+            self.out.error_at(self.op_offset)
+            self.pos = stop + 1 if nl >= 0 else stop
+            return None
         if nl >= 0:
             self.frame_check(self.pos, nl + 1)
             data = bytes(self.buf[self.pos:nl])
@@ -462,14 +542,13 @@ class PickleMachine:
             self.pos, self.resume = self.resume, None
 
     def opname(self) -> str:
-        op = _OPCODES.get(self.buf[self.op_offset])
-        return op.name if op else "opcode"
+        spec = OPS[self.buf[self.op_offset]]
+        return spec.name if spec else "opcode"
 
     # -- stack ----------------------------------------------------------------------------
 
     def push(self, value: Value) -> None:
-        if len(self.stack) >= self.limits.max_stack:
-            raise Bound(self.op_offset, f"stack deeper than {self.limits.max_stack} items")
+        # The loop checks the depth after each opcode (Limits.max_stack).
         self.stack.append(value)
 
     def pop(self) -> Value:
@@ -514,6 +593,52 @@ class PickleMachine:
         else:
             self.out.error_at(self.op_offset)
 
+    # -- containers under the budget of kept items ------------------------------------------
+
+    def new_seq(self, kind: str, spent: Seq) -> Seq:
+        """A new list/set/frozenset, or the stream's shared ``spent`` one (see room)."""
+        if self.room > 0:
+            self.room -= 1
+            return Seq(kind)
+        return spent
+
+    def new_mapping(self) -> Mapping:
+        if self.room > 0:
+            self.room -= 1
+            return Mapping()
+        return self.spent_dict
+
+    def add_items(self, target: Value, values: list[Value]) -> None:
+        """APPEND(S)/ADDITEMS: keep up to KEPT_ITEMS per container and the stream's room."""
+        if isinstance(target, Seq):
+            keep = max(min(KEPT_ITEMS - len(target.items), self.room, len(values)), 0)
+            if keep:
+                target.items.extend(values[:keep] if keep < len(values) else values)
+                self.room -= keep
+            target.dropped += len(values) - keep
+        elif isinstance(target, Instance):
+            keep = max(min(KEPT_ITEMS - len(target.items), self.room, len(values)), 0)
+            if keep:
+                target.items.extend(values[:keep])
+                self.room -= keep
+
+    def set_items(self, target: Value, items: list[Value]) -> None:
+        """SETITEM(S): ``items`` alternates keys and values (an odd last one is ignored)."""
+        if not isinstance(target, Mapping):
+            self.add_items(target, items)
+            return
+        pairs = len(items) // 2
+        keep = max(min(KEPT_ITEMS - len(target.items), self.room, pairs), 0)
+        if keep:
+            target.items.extend(zip(items[0:2 * keep:2], items[1:2 * keep:2], strict=False))
+            self.room -= keep
+        if keep < pairs:
+            target.dropped += pairs - keep
+            for i in range(2 * keep, 2 * pairs, 2):
+                if target.special is not None:
+                    break
+                target.special = special_name(items[i])
+
     # -- imports --------------------------------------------------------------------------
 
     def import_global(self, module: str, name: str, opcode: str) -> Ref:
@@ -521,10 +646,17 @@ class PickleMachine:
         written = None
         if (mapped_module, mapped_name) != (module, name):
             written = f"{module}.{name}"
+        key = (mapped_module, mapped_name, opcode, written)
+        imports = self.out.imports
+        index = self.seen_imports.get(key)
+        if index is not None:
+            self.repeats[index] = self.repeats.get(index, 0) + 1
+            return Ref(imports[index])
         ref = GlobalRef(module=mapped_module, name=mapped_name,
                         offset=self.op_offset - self.out.base,
                         opcode=opcode, member=self.out.member, written_as=written)
-        self.out.imports.append(ref)
+        self.seen_imports[key] = len(imports)
+        imports.append(ref)
         return Ref(ref)
 
     def text_of(self, value: Value) -> str | None:
@@ -547,10 +679,10 @@ class PickleMachine:
             self.out.error_at(self.op_offset)
             return None
 
-    # -- payloads -------------------------------------------------------------------------
+    # -- payloads (the loop has stepped over them: they end at m.pos) ----------------------
 
     def text_payload(self, n: int, encoding: str) -> Value:
-        start = self.take(n)
+        start = self.pos - n
         if n <= INLINE_BYTES:
             text = _decode(bytes(self.buf[start:start + n]), encoding)
             if text is None:
@@ -575,24 +707,44 @@ class PickleMachine:
         return True
 
     def bytes_payload(self, n: int) -> Value:
-        start = self.take(n)
+        start = self.pos - n
         if n <= INLINE_BYTES:
             return bytes(self.buf[start:start + n])
         return LongBytes(start, n)
 
+    # -- memo -----------------------------------------------------------------------------
+
     def memo_put(self, index: int) -> None:
-        if index not in self.memo and len(self.memo) >= self.limits.max_memo:
-            raise Bound(self.op_offset, f"memo larger than {self.limits.max_memo} entries")
-        self.memo[index] = self.top()
+        memo = self.memo
+        value = self.stack[-1] if self.stack else self.top()
+        if 0 <= index < len(memo):
+            memo[index] = value
+            return
+        sparse = self.sparse
+        if index not in sparse and len(memo) + len(sparse) >= self.max_memo:
+            raise Bound(self.op_offset, f"memo larger than {self.max_memo} entries")
+        if index == len(memo):
+            memo.append(value)
+            sparse.pop(index, None)
+            while sparse and len(memo) in sparse:   # the list reached sparse keys: move them
+                memo.append(sparse.pop(len(memo)))
+        else:
+            sparse[index] = value
 
     def memo_get(self, index: int) -> None:
-        value = self.memo.get(index, MISSING)
+        memo = self.memo
+        if 0 <= index < len(memo):
+            self.stack.append(memo[index])
+            return
+        value = self.sparse.get(index, MISSING)
         if value is MISSING:
             self.malformed(f"{self.opname()} reads memo key {index}, which was never stored")
-        self.push(value)
+        self.stack.append(value)
 
-    def int_line(self) -> int | None:
-        raw = self.line()
+    def memo_len(self) -> int:
+        return len(self.memo) + len(self.sparse)
+
+    def int_line(self, raw: bytes) -> int | None:
         try:
             return int(raw)     # load_get/load_put: base 10 ("010" is 10), unlike INT/LONG
         except ValueError:
@@ -616,9 +768,10 @@ def _decode(raw: bytes, encoding: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Opcode handlers. Each returns True only for STOP. Semantics cite pickle.py's load_* methods.
+# Opcode handlers. Each gets the opcode's decoded argument (see OPS) and returns True only for
+# STOP. Semantics cite pickle.py's load_* methods. A handler pushes at most once, last.
 
-Handler = Callable[[PickleMachine], bool]
+Handler = Callable[[PickleMachine, Any], bool]
 _HANDLERS: dict[str, Handler] = {}
 
 
@@ -631,7 +784,7 @@ def opcode(*names: str) -> Callable[[Handler], Handler]:
 
 
 @opcode("STOP")
-def _stop(m: PickleMachine) -> bool:
+def _stop(m: PickleMachine, arg: None) -> bool:
     m.result = m.pop()
     if m.frame_end is not None and m.pos < min(m.frame_end, m.end):
         # pickle.py and _pickle without peek() read the whole frame: a further load() from the
@@ -642,8 +795,7 @@ def _stop(m: PickleMachine) -> bool:
 
 
 @opcode("PROTO")
-def _proto(m: PickleMachine) -> bool:
-    version = m.read(1)[0]
+def _proto(m: PickleMachine, version: int) -> bool:
     if version > HIGHEST_PROTOCOL:
         m.malformed(f"unsupported pickle protocol {version}")
     else:
@@ -652,9 +804,8 @@ def _proto(m: PickleMachine) -> bool:
 
 
 @opcode("FRAME")
-def _frame(m: PickleMachine) -> bool:
+def _frame(m: PickleMachine, size: int) -> bool:
     # Framing only groups opcodes for buffered reads; the opcodes inside are parsed as usual.
-    size = m.unpack("<Q")
     if m.resume is not None and m.frame_end is not None and m.pos < m.frame_end:
         raise Fatal(FindingKind.MALFORMED, m.op_offset,
                     "beginning of a new frame before end of current frame (pickle._Unpickler "
@@ -672,16 +823,17 @@ def _frame(m: PickleMachine) -> bool:
 
 
 @opcode("MARK")
-def _mark(m: PickleMachine) -> bool:
-    if len(m.metastack) >= m.limits.max_marks:
-        raise Bound(m.op_offset, f"more than {m.limits.max_marks} nested MARKs")
-    m.metastack.append(m.stack)
+def _mark(m: PickleMachine, arg: None) -> bool:
+    metastack = m.metastack
+    if len(metastack) >= m.max_marks:
+        raise Bound(m.op_offset, f"more than {m.max_marks} nested MARKs")
+    metastack.append(m.stack)
     m.stack = []
     return False
 
 
 @opcode("POP")
-def _pop(m: PickleMachine) -> bool:
+def _pop(m: PickleMachine, arg: None) -> bool:
     # load_pop: pop an item, or, when the current mark frame is empty, the MARK itself.
     if m.stack:
         m.stack.pop()
@@ -693,13 +845,13 @@ def _pop(m: PickleMachine) -> bool:
 
 
 @opcode("POP_MARK")
-def _pop_mark(m: PickleMachine) -> bool:
+def _pop_mark(m: PickleMachine, arg: None) -> bool:
     m.pop_mark()
     return False
 
 
 @opcode("DUP")
-def _dup(m: PickleMachine) -> bool:
+def _dup(m: PickleMachine, arg: None) -> bool:
     m.push(m.top())
     return False
 
@@ -708,26 +860,25 @@ def _dup(m: PickleMachine) -> bool:
 
 
 @opcode("NONE")
-def _none(m: PickleMachine) -> bool:
-    m.push(None)
+def _none(m: PickleMachine, arg: None) -> bool:
+    m.stack.append(None)
     return False
 
 
 @opcode("NEWTRUE")
-def _true(m: PickleMachine) -> bool:
-    m.push(True)
+def _true(m: PickleMachine, arg: None) -> bool:
+    m.stack.append(True)
     return False
 
 
 @opcode("NEWFALSE")
-def _false(m: PickleMachine) -> bool:
-    m.push(False)
+def _false(m: PickleMachine, arg: None) -> bool:
+    m.stack.append(False)
     return False
 
 
 @opcode("INT")
-def _int(m: PickleMachine) -> bool:
-    raw = m.line()
+def _int(m: PickleMachine, raw: bytes) -> bool:
     if raw == b"00":
         m.push(False)
     elif raw == b"01":
@@ -742,8 +893,7 @@ def _int(m: PickleMachine) -> bool:
 
 
 @opcode("LONG")
-def _long(m: PickleMachine) -> bool:
-    raw = m.line()
+def _long(m: PickleMachine, raw: bytes) -> bool:
     if raw.endswith(b"L"):
         raw = raw[:-1]
     try:
@@ -754,46 +904,29 @@ def _long(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BININT")
-def _binint(m: PickleMachine) -> bool:
-    m.push(m.unpack("<i"))
-    return False
-
-
-@opcode("BININT1")
-def _binint1(m: PickleMachine) -> bool:
-    m.push(m.read(1)[0])
-    return False
-
-
-@opcode("BININT2")
-def _binint2(m: PickleMachine) -> bool:
-    m.push(m.unpack("<H"))
+@opcode("BININT", "BININT1", "BININT2", "BINFLOAT")
+def _binary_number(m: PickleMachine, value: float) -> bool:
+    m.stack.append(value)
     return False
 
 
 @opcode("LONG1")
-def _long1(m: PickleMachine) -> bool:
-    m.push(int.from_bytes(m.read(m.read(1)[0]), "little", signed=True))
+def _long1(m: PickleMachine, n: int) -> bool:
+    m.push(int.from_bytes(m.buf[m.pos - n:m.pos], "little", signed=True))
     return False
 
 
 @opcode("LONG4")
-def _long4(m: PickleMachine) -> bool:
-    n = m.unpack("<i")
-    if n < 0:
-        raise Fatal(FindingKind.MALFORMED, m.op_offset, "LONG4 has a negative byte count")
+def _long4(m: PickleMachine, n: int) -> bool:
     if n <= 64:
-        m.push(int.from_bytes(m.read(n), "little", signed=True))
+        m.push(int.from_bytes(m.buf[m.pos - n:m.pos], "little", signed=True))
     else:
-        m.take(n)   # never needed as a shape or an import: skip without decoding
-        m.push(Opaque("huge int"))
+        m.push(Opaque("huge int"))   # never needed as a shape or an import: not decoded
     return False
 
 
 @opcode("FLOAT")
-def _float(m: PickleMachine) -> bool:
-    raw = m.line()
+def _float(m: PickleMachine, raw: bytes) -> bool:
     try:
         m.push(float(raw))
     except ValueError:
@@ -802,20 +935,13 @@ def _float(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BINFLOAT")
-def _binfloat(m: PickleMachine) -> bool:
-    m.push(struct.unpack(">d", m.read(8))[0])
-    return False
-
-
 # -- strings and bytes ----------------------------------------------------------------------
 
 
 @opcode("STRING")
-def _string(m: PickleMachine) -> bool:
+def _string(m: PickleMachine, raw: bytes) -> bool:
     # load_string: the argument must be quoted; escape_decode, then decode as the caller's
     # encoding. We use latin-1, which never fails and is what numpy and joblib pass.
-    raw = m.line()
     if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b'"', b"'"):
         m.malformed("STRING argument is not quoted")
         m.push(Opaque("bad string"))
@@ -830,24 +956,14 @@ def _string(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BINSTRING")
-def _binstring(m: PickleMachine) -> bool:
-    n = m.unpack("<i")
-    if n < 0:
-        raise Fatal(FindingKind.MALFORMED, m.op_offset, "BINSTRING has a negative byte count")
+@opcode("BINSTRING", "SHORT_BINSTRING")
+def _binstring(m: PickleMachine, n: int) -> bool:
     m.push(m.text_payload(n, "latin-1"))
     return False
 
 
-@opcode("SHORT_BINSTRING")
-def _short_binstring(m: PickleMachine) -> bool:
-    m.push(m.text_payload(m.read(1)[0], "latin-1"))
-    return False
-
-
 @opcode("UNICODE")
-def _unicode(m: PickleMachine) -> bool:
-    raw = m.line()
+def _unicode(m: PickleMachine, raw: bytes) -> bool:
     text = _decode(raw, "raw-unicode-escape")
     if text is None:
         m.malformed("UNICODE argument is not valid raw-unicode-escape")
@@ -857,58 +973,44 @@ def _unicode(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BINUNICODE")
-def _binunicode(m: PickleMachine) -> bool:
-    m.push(m.text_payload(m.unpack("<I"), "utf-8"))
-    return False
-
-
 @opcode("SHORT_BINUNICODE")
-def _short_binunicode(m: PickleMachine) -> bool:
-    m.push(m.text_payload(m.read(1)[0], "utf-8"))
+def _short_binunicode(m: PickleMachine, n: int) -> bool:
+    # The hot path of every protocol 2+ pickle: at most 255 bytes, always inlined.
+    try:
+        m.stack.append(m.buf[m.pos - n:m.pos].decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError:
+        m.malformed(f"{m.opname()} payload is not valid utf-8")
+        m.push(Opaque("undecodable string"))
     return False
 
 
-@opcode("BINUNICODE8")
-def _binunicode8(m: PickleMachine) -> bool:
-    m.push(m.text_payload(m.unpack("<Q"), "utf-8"))
+@opcode("BINUNICODE", "BINUNICODE8")
+def _binunicode(m: PickleMachine, n: int) -> bool:
+    m.push(m.text_payload(n, "utf-8"))
     return False
 
 
-@opcode("BINBYTES")
-def _binbytes(m: PickleMachine) -> bool:
-    m.push(m.bytes_payload(m.unpack("<I")))
-    return False
-
-
-@opcode("SHORT_BINBYTES")
-def _short_binbytes(m: PickleMachine) -> bool:
-    m.push(m.bytes_payload(m.read(1)[0]))
-    return False
-
-
-@opcode("BINBYTES8")
-def _binbytes8(m: PickleMachine) -> bool:
-    m.push(m.bytes_payload(m.unpack("<Q")))
+@opcode("BINBYTES", "SHORT_BINBYTES", "BINBYTES8")
+def _binbytes(m: PickleMachine, n: int) -> bool:
+    m.push(m.bytes_payload(n))
     return False
 
 
 @opcode("BYTEARRAY8")
-def _bytearray8(m: PickleMachine) -> bool:
-    m.take(m.unpack("<Q"))
+def _bytearray8(m: PickleMachine, n: int) -> bool:
     m.push(Opaque("bytearray"))
     return False
 
 
 @opcode("NEXT_BUFFER")
-def _next_buffer(m: PickleMachine) -> bool:
+def _next_buffer(m: PickleMachine, arg: None) -> bool:
     # Out-of-band data lives outside the file; loading without buffers= raises.
     m.push(Opaque("out-of-band buffer"))
     return False
 
 
 @opcode("READONLY_BUFFER")
-def _readonly_buffer(m: PickleMachine) -> bool:
+def _readonly_buffer(m: PickleMachine, arg: None) -> bool:
     m.top()
     return False
 
@@ -917,117 +1019,138 @@ def _readonly_buffer(m: PickleMachine) -> bool:
 
 
 @opcode("EMPTY_TUPLE")
-def _empty_tuple(m: PickleMachine) -> bool:
-    m.push(())
+def _empty_tuple(m: PickleMachine, arg: None) -> bool:
+    m.stack.append(())
     return False
 
 
 @opcode("TUPLE")
-def _tuple(m: PickleMachine) -> bool:
+def _tuple(m: PickleMachine, arg: None) -> bool:
     m.push(tuple(m.pop_mark()))
     return False
 
 
-@opcode("TUPLE1", "TUPLE2", "TUPLE3")
-def _tuple_n(m: PickleMachine) -> bool:
-    n = int(m.opname()[-1])
-    items = [m.pop() for _ in range(n)]
-    m.push(tuple(reversed(items)))
+@opcode("TUPLE1")
+def _tuple1(m: PickleMachine, arg: None) -> bool:
+    m.push((m.pop(),))
+    return False
+
+
+@opcode("TUPLE2")
+def _tuple2(m: PickleMachine, arg: None) -> bool:
+    stack = m.stack
+    if len(stack) >= 2:
+        second = stack.pop()
+        stack[-1] = (stack[-1], second)
+    else:
+        second = m.pop()
+        m.push((m.pop(), second))
+    return False
+
+
+@opcode("TUPLE3")
+def _tuple3(m: PickleMachine, arg: None) -> bool:
+    third = m.pop()
+    second = m.pop()
+    m.push((m.pop(), second, third))
     return False
 
 
 @opcode("EMPTY_LIST")
-def _empty_list(m: PickleMachine) -> bool:
-    m.push(Seq("list"))
+def _empty_list(m: PickleMachine, arg: None) -> bool:
+    if m.room > 0:          # new_seq, inline
+        m.room -= 1
+        m.stack.append(Seq("list", []))
+    else:
+        m.stack.append(m.spent_list)
     return False
 
 
 @opcode("LIST")
-def _list(m: PickleMachine) -> bool:
-    seq = Seq("list")
-    for item in m.pop_mark():
-        seq.add(item)
+def _list(m: PickleMachine, arg: None) -> bool:
+    items = m.pop_mark()
+    seq = m.new_seq("list", m.spent_list)
+    m.add_items(seq, items)
     m.push(seq)
     return False
 
 
 @opcode("EMPTY_SET")
-def _empty_set(m: PickleMachine) -> bool:
-    m.push(Seq("set"))
+def _empty_set(m: PickleMachine, arg: None) -> bool:
+    m.push(m.new_seq("set", m.spent_set))
     return False
 
 
 @opcode("FROZENSET")
-def _frozenset(m: PickleMachine) -> bool:
-    seq = Seq("frozenset")
-    for item in m.pop_mark():
-        seq.add(item)
+def _frozenset(m: PickleMachine, arg: None) -> bool:
+    items = m.pop_mark()
+    seq = m.new_seq("frozenset", m.spent_frozenset)
+    m.add_items(seq, items)
     m.push(seq)
     return False
 
 
 @opcode("EMPTY_DICT")
-def _empty_dict(m: PickleMachine) -> bool:
-    m.push(Mapping())
+def _empty_dict(m: PickleMachine, arg: None) -> bool:
+    if m.room > 0:          # new_mapping, inline
+        m.room -= 1
+        m.stack.append(Mapping([]))
+    else:
+        m.stack.append(m.spent_dict)
     return False
 
 
 @opcode("DICT")
-def _dict(m: PickleMachine) -> bool:
+def _dict(m: PickleMachine, arg: None) -> bool:
     items = m.pop_mark()
     if len(items) % 2:
         m.malformed("DICT has an odd number of items")
-    mapping = Mapping()
-    for i in range(0, len(items) - 1, 2):
-        mapping.add(items[i], items[i + 1])
+    mapping = m.new_mapping()
+    m.set_items(mapping, items)
     m.push(mapping)
     return False
 
 
-def _add_items(target: Value, values: list[Value]) -> None:
-    if isinstance(target, Seq):
-        for value in values:
-            target.add(value)
-    elif isinstance(target, Instance) and len(target.items) < KEPT_ITEMS:
-        target.items.extend(values[:KEPT_ITEMS - len(target.items)])
-
-
-def _set_items(target: Value, items: list[Value]) -> None:
-    if isinstance(target, Mapping):
-        for i in range(0, len(items) - 1, 2):
-            target.add(items[i], items[i + 1])
-    else:
-        _add_items(target, items)
-
-
 @opcode("APPEND")
-def _append(m: PickleMachine) -> bool:
+def _append(m: PickleMachine, arg: None) -> bool:
     value = m.pop()
-    _add_items(m.top(), [value])
+    m.add_items(m.top(), [value])
     return False
 
 
 @opcode("APPENDS", "ADDITEMS")
-def _appends(m: PickleMachine) -> bool:
-    items = m.pop_mark()
-    _add_items(m.top(), items)
+def _appends(m: PickleMachine, arg: None) -> bool:
+    items = m.stack
+    if m.metastack:     # pop_mark and top, inline for the common case
+        stack = m.stack = m.metastack.pop()
+        if stack:
+            m.add_items(stack[-1], items)
+            return False
+    else:
+        items = m.pop_mark()
+    m.add_items(m.top(), items)
     return False
 
 
 @opcode("SETITEM")
-def _setitem(m: PickleMachine) -> bool:
+def _setitem(m: PickleMachine, arg: None) -> bool:
     value = m.pop()
     key = m.pop()
-    _set_items(m.top(), [key, value])
+    m.set_items(m.top(), [key, value])
     return False
 
 
 @opcode("SETITEMS")
-def _setitems(m: PickleMachine) -> bool:
-    items = m.pop_mark()
+def _setitems(m: PickleMachine, arg: None) -> bool:
+    items = m.stack
+    if m.metastack:     # pop_mark, inline for the common case
+        stack = m.stack = m.metastack.pop()
+    else:
+        items = m.pop_mark()
+        stack = m.stack
     if len(items) % 2:
         m.malformed("SETITEMS has an odd number of items")
-    _set_items(m.top(), items)
+    m.set_items(stack[-1] if stack else m.top(), items)
     return False
 
 
@@ -1035,8 +1158,8 @@ def _setitems(m: PickleMachine) -> bool:
 
 
 @opcode("PUT")
-def _put(m: PickleMachine) -> bool:
-    index = m.int_line()
+def _put(m: PickleMachine, raw: bytes) -> bool:
+    index = m.int_line(raw)
     if index is not None and index < 0:
         m.malformed("negative PUT argument")
     elif index is not None:
@@ -1044,27 +1167,26 @@ def _put(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BINPUT")
-def _binput(m: PickleMachine) -> bool:
-    m.memo_put(m.read(1)[0])
-    return False
-
-
-@opcode("LONG_BINPUT")
-def _long_binput(m: PickleMachine) -> bool:
-    m.memo_put(m.unpack("<I"))
+@opcode("BINPUT", "LONG_BINPUT")
+def _binput(m: PickleMachine, index: int) -> bool:
+    m.memo_put(index)
     return False
 
 
 @opcode("MEMOIZE")
-def _memoize(m: PickleMachine) -> bool:
-    m.memo_put(len(m.memo))    # load_memoize: memo[len(memo)] = stack[-1]
+def _memoize(m: PickleMachine, arg: None) -> bool:
+    # load_memoize: memo[len(memo)] = stack[-1]
+    memo = m.memo
+    if m.stack and not m.sparse and len(memo) < m.max_memo:
+        memo.append(m.stack[-1])    # memo_put's common case, inline: the hottest opcode
+    else:
+        m.memo_put(m.memo_len())
     return False
 
 
 @opcode("GET")
-def _get(m: PickleMachine) -> bool:
-    index = m.int_line()
+def _get(m: PickleMachine, raw: bytes) -> bool:
+    index = m.int_line(raw)
     if index is None:
         m.push(Opaque("bad memo key"))
     else:
@@ -1072,15 +1194,13 @@ def _get(m: PickleMachine) -> bool:
     return False
 
 
-@opcode("BINGET")
-def _binget(m: PickleMachine) -> bool:
-    m.memo_get(m.read(1)[0])
-    return False
-
-
-@opcode("LONG_BINGET")
-def _long_binget(m: PickleMachine) -> bool:
-    m.memo_get(m.unpack("<I"))
+@opcode("BINGET", "LONG_BINGET")
+def _binget(m: PickleMachine, index: int) -> bool:
+    memo = m.memo
+    if index < len(memo):       # memo_get's common case, inline (index is unsigned here)
+        m.stack.append(memo[index])
+    else:
+        m.memo_get(index)
     return False
 
 
@@ -1092,6 +1212,8 @@ def _line_import(m: PickleMachine, opname: str) -> Value:
     # wider of the encodings CPython versions use), then find_class(module, name).
     raw_module = m.name_line()
     raw_name = m.name_line()
+    if raw_module is None or raw_name is None:
+        return Opaque("unresolved global")      # a name over max_name_bytes, reported
     module = m.decode_name(raw_module, "utf-8")
     name = m.decode_name(raw_name, "utf-8")
     if module is None or name is None:
@@ -1100,13 +1222,13 @@ def _line_import(m: PickleMachine, opname: str) -> Value:
 
 
 @opcode("GLOBAL")
-def _global(m: PickleMachine) -> bool:
+def _global(m: PickleMachine, arg: None) -> bool:
     m.push(_line_import(m, "GLOBAL"))
     return False
 
 
 @opcode("STACK_GLOBAL")
-def _stack_global(m: PickleMachine) -> bool:
+def _stack_global(m: PickleMachine, arg: None) -> bool:
     name_value = m.pop()
     module_value = m.pop()
     module, name = m.text_of(module_value), m.text_of(name_value)
@@ -1127,9 +1249,8 @@ def _stack_global(m: PickleMachine) -> bool:
 
 
 @opcode("EXT1", "EXT2", "EXT4")
-def _ext(m: PickleMachine) -> bool:
+def _ext(m: PickleMachine, code: int) -> bool:
     opname = m.opname()
-    code = m.read(1)[0] if opname == "EXT1" else m.unpack("<H" if opname == "EXT2" else "<i")
     m.out.finding(FindingKind.UNRESOLVED, m.op_offset,
                   f"{opname} {code}: imports whatever the loading process registered in the "
                   "copyreg extension registry, which cannot be known statically")
@@ -1142,7 +1263,7 @@ def _ext(m: PickleMachine) -> bool:
 
 
 @opcode("INST")
-def _inst(m: PickleMachine) -> bool:
+def _inst(m: PickleMachine, arg: None) -> bool:
     offset = m.op_offset
     cls = _line_import(m, "INST")     # find_class runs before pop_mark, even with no MARK
     args = m.pop_mark()
@@ -1151,7 +1272,7 @@ def _inst(m: PickleMachine) -> bool:
 
 
 @opcode("OBJ")
-def _obj(m: PickleMachine) -> bool:
+def _obj(m: PickleMachine, arg: None) -> bool:
     items = m.pop_mark()
     if not items:
         m.malformed("OBJ without a class")
@@ -1165,7 +1286,7 @@ def _obj(m: PickleMachine) -> bool:
 
 
 @opcode("REDUCE")
-def _reduce(m: PickleMachine) -> bool:
+def _reduce(m: PickleMachine, arg: None) -> bool:
     args = m.pop()
     func = m.top()
     m.set_top(Instance(func, args, "REDUCE", m.op_offset))
@@ -1173,7 +1294,7 @@ def _reduce(m: PickleMachine) -> bool:
 
 
 @opcode("NEWOBJ")
-def _newobj(m: PickleMachine) -> bool:
+def _newobj(m: PickleMachine, arg: None) -> bool:
     args = m.pop()
     cls = m.pop()
     m.push(Instance(cls, args, "NEWOBJ", m.op_offset))
@@ -1181,7 +1302,7 @@ def _newobj(m: PickleMachine) -> bool:
 
 
 @opcode("NEWOBJ_EX")
-def _newobj_ex(m: PickleMachine) -> bool:
+def _newobj_ex(m: PickleMachine, arg: None) -> bool:
     kwargs = m.pop()
     args = m.pop()
     cls = m.pop()
@@ -1190,7 +1311,7 @@ def _newobj_ex(m: PickleMachine) -> bool:
 
 
 @opcode("BUILD")
-def _build(m: PickleMachine) -> bool:
+def _build(m: PickleMachine, arg: None) -> bool:
     state = m.pop()
     inst = m.top()
     if isinstance(inst, Ref):
@@ -1216,11 +1337,13 @@ def _build(m: PickleMachine) -> bool:
 def special_name(key: Value) -> str | None:
     """Why ``key`` is, or may be, a ``__dunder__`` attribute name; None when it provably is not
     (a short str that is not one, or a value that is no str at all)."""
+    if type(key) is str:
+        if len(key) > 4 and key.startswith("__") and key.endswith("__"):
+            shown = key if len(key) <= 60 else key[:57] + "..."
+            return f"the special attribute {shown!r}"
+        return None
     if isinstance(key, (Ref, Instance, Opaque, LongText)):
         return f"an attribute whose name cannot be known statically ({describe(key)})"
-    if isinstance(key, str) and len(key) > 4 and key.startswith("__") and key.endswith("__"):
-        shown = key if len(key) <= 60 else key[:57] + "..."
-        return f"the special attribute {shown!r}"
     return None
 
 
@@ -1234,6 +1357,10 @@ def _special_state_key(state: Value) -> str | None:
     for part in parts:
         if not isinstance(part, Mapping):
             continue
+        if part.shared and part.special is not None:
+            return ("an attribute whose name was not kept (the dicts built after the budget of "
+                    "kept items was spent share one record, and one of them sets "
+                    f"{part.special})")
         if part.special is not None:
             return part.special
         for key, _ in part.items:
@@ -1244,27 +1371,74 @@ def _special_state_key(state: Value) -> str | None:
 
 
 @opcode("PERSID")
-def _persid(m: PickleMachine) -> bool:
-    raw = m.line()
+def _persid(m: PickleMachine, raw: bytes) -> bool:
     m.out.persistent_ids.append((m.op_offset, raw.decode("latin-1")))
     m.push(Opaque("persistent object"))
     return False
 
 
 @opcode("BINPERSID")
-def _binpersid(m: PickleMachine) -> bool:
+def _binpersid(m: PickleMachine, arg: None) -> bool:
     m.out.persistent_ids.append((m.op_offset, m.pop()))
     m.push(Opaque("persistent object"))
     return False
 
 
-# Exhaustive over CPython's own opcode table: a new opcode in a future Python fails here at
-# import time rather than being silently treated as unknown.
+# ---------------------------------------------------------------------------------------------
+# The opcode table: one entry per opcode byte, derived from CPython's own pickletools.opcodes
+# (exhaustive: a new opcode in a future Python fails here at import time rather than being
+# silently treated as unknown). It says how the loop decodes each argument, as pickletools'
+# ArgumentDescriptor does: n >= 0 fixed bytes, UP_TO_NEWLINE a line, TAKEN_FROM_ARGUMENT* a
+# length prefix and that many payload bytes.
+
+NO_ARGUMENT = 0
+LINE = -1           # the argument is a line (bytes without the newline)
+NAME_PAIR = -2      # GLOBAL/INST: two name lines, read by the handler (see name_line)
+
+# ArgumentDescriptor.name -> struct format of the fixed-size arguments.
+_FIXED = {"uint1": struct.Struct("<B"), "uint2": struct.Struct("<H"), "int4": struct.Struct("<i"),
+          "uint4": struct.Struct("<I"), "uint8": struct.Struct("<Q"), "float8": struct.Struct(">d")}
+_NONE = struct.Struct("")
+# TAKEN_FROM_ARGUMENT* -> (size, struct format) of the length prefix.
+_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: _FIXED["uint1"],
+           pickletools.TAKEN_FROM_ARGUMENT4: _FIXED["int4"],
+           pickletools.TAKEN_FROM_ARGUMENT4U: _FIXED["uint4"],
+           pickletools.TAKEN_FROM_ARGUMENT8U: _FIXED["uint8"]}
+
+
+class OpSpec(NamedTuple):
+    name: str
+    size: int           # > 0: fixed argument or length prefix; NO_ARGUMENT, LINE or NAME_PAIR
+    fixed: struct.Struct  # how a fixed argument or length prefix is encoded
+    counted: bool       # the fixed part is the byte count of a payload that follows
+    moves: bool         # the handler may move the file position or the frame (loop's fence)
+    handler: Handler
+
+
+def _spec(op: pickletools.OpcodeInfo) -> OpSpec:
+    arg, handler = op.arg, _HANDLERS[op.name]
+    # FRAME sets the frame; BUILD runs format hooks that read raw bytes (read_raw);
+    # GLOBAL/INST read their own lines.
+    moves = op.name in ("FRAME", "BUILD", "GLOBAL", "INST")
+    if arg is None:
+        return OpSpec(op.name, NO_ARGUMENT, _NONE, False, moves, handler)
+    if arg.n >= 0:
+        assert _FIXED[arg.name].size == arg.n
+        return OpSpec(op.name, arg.n, _FIXED[arg.name], False, moves, handler)
+    if arg.n == pickletools.UP_TO_NEWLINE:
+        size = NAME_PAIR if arg.name == "stringnl_noescape_pair" else LINE
+        return OpSpec(op.name, size, _NONE, False, moves, handler)
+    prefix = _PREFIX[arg.n]
+    return OpSpec(op.name, prefix.size, prefix, True, moves, handler)
+
+
 _OPCODES = {op.code.encode("latin-1")[0]: op for op in pickletools.opcodes}
 _missing = sorted(op.name for op in pickletools.opcodes if op.name not in _HANDLERS)
 if _missing:  # pragma: no cover - guards against a newer Python's opcode table
     raise ImportError(f"picklegate has no handler for pickle opcodes {_missing}")
-_DISPATCH: dict[int, Handler] = {code: _HANDLERS[op.name] for code, op in _OPCODES.items()}
+OPS: list[OpSpec | None] = [None] * 256
+for _code, _op in _OPCODES.items():
+    OPS[_code] = _spec(_op)
 
 
 # ---------------------------------------------------------------------------------------------

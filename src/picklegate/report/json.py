@@ -88,10 +88,10 @@ def _imports(refs: tuple[GlobalRef, ...]) -> list[dict[str, Any]]:
     for ref in refs:
         key = (ref.member, ref.module, ref.name)
         if key in seen:
-            seen[key]["count"] += 1
+            seen[key]["count"] += ref.count
         else:
             seen[key] = {"module": ref.module, "name": ref.name, "member": ref.member,
-                         "offset": ref.offset, "count": 1}
+                         "offset": ref.offset, "count": ref.count}
     return list(seen.values())
 
 
