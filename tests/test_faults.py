@@ -141,11 +141,9 @@ def test_file_changed_during_read_is_unreadable_not_judged(tree, monkeypatch):
         sources.read_file(str(path))
 
 
-@pytest.mark.parametrize("size", [1000, sources.SPOOL_IN_MEMORY + 3 * sources.CHUNK],
-                         ids=["in-memory", "spooled"])
-def test_file_truncated_while_read_is_an_error(tree, monkeypatch, size):
+def test_file_truncated_while_read_is_an_error(tree, monkeypatch):
     path = tree / "m.pkl"
-    path.write_bytes(b"\x80\x02" + b"N" * (size - 3) + b".")
+    path.write_bytes(b"\x80\x02" + b"N" * (1000 - 3) + b".")
     real_read = os.read
 
     def read(fd: int, n: int) -> bytes:
@@ -157,15 +155,49 @@ def test_file_truncated_while_read_is_an_error(tree, monkeypatch, size):
         sources.read_file(str(path))
 
 
-def test_snapshot_survives_truncation_after_read_without_sigbus(tree):
-    """The scanned buffer is a private copy: truncating the file afterwards (which kills a
-    process holding an mmap of it with SIGBUS on the next access) changes nothing."""
+BIG = sources.SPOOL_IN_MEMORY + 2 * sources.CHUNK
+
+
+def _big(tree: Path) -> Path:
     path = tree / "big.pkl"
-    size = sources.SPOOL_IN_MEMORY + 2 * sources.CHUNK
-    path.write_bytes(b"\x80\x02" + b"N" * (size - 3) + b".")
+    path.write_bytes(b"\x80\x02" + b"N" * (BIG - 3) + b".")
+    return path
+
+
+def test_large_file_is_mapped_in_place_and_knows_when_it_changed(tree):
+    """No copy and no disk for a large file: the analysis reads a mapping of the file itself."""
+    path = _big(tree)
     buf = sources.read_file(str(path))
-    os.truncate(path, 0)
-    assert len(buf) == size and buf[size - 1] == ord(".") and buf[0:2] == b"\x80\x02"
+    assert isinstance(buf, sources.MappedFile) and len(buf) == BIG and buf.unchanged()
+    os.utime(path, ns=(0, 0))
+    assert not buf.unchanged()
+
+
+def _map_then(path: str, change: str) -> sources.Buffer:
+    """A read that maps the file, then changes it under the mapping before the analysis."""
+    buf = sources.read_file(path)
+    if change == "truncate":
+        os.truncate(path, 0)        # the next access to the mapping raises SIGBUS
+    else:
+        with open(path, "r+b") as handle:
+            handle.write(b"\x80\x02cposix\nsystem\n")   # same size, other bytes: torn view
+    return buf
+
+
+@pytest.mark.parametrize("change", ["truncate", "rewrite"])
+def test_large_file_changed_under_its_mapping_is_an_error_not_a_crash(tree, change):
+    """SIGBUS ends the worker process that maps a large file, never the scan."""
+    from functools import partial
+
+    from picklegate.policy import default_policy
+    from picklegate.scan import ScanOptions, scan_source
+    from picklegate.sources import Source
+
+    path = str(_big(tree))
+    source = Source(path, None, partial(_map_then, path, change), file=path)
+    result = scan_source(source, default_policy(), ScanOptions())
+    assert result.status.value == "error"
+    assert ("SIGBUS" if change == "truncate" else "changed while it was read") in result.error
 
 
 # ---------------------------------------------------------------------------------------------

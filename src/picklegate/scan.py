@@ -24,7 +24,7 @@ from picklegate.formats.interpretations import analyse_buffer
 from picklegate.limits import DEFAULT_LIMITS, BudgetExceeded, Limits, guarded, how_to_raise
 from picklegate.machine import Buffer
 from picklegate.policy import Policy, utc_today
-from picklegate.sources import Source
+from picklegate.sources import CHANGED, MappedFile, Source
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -67,11 +67,14 @@ def scan_sources(sources: Iterable[Source], policy: Policy,
 
 
 def scan_source(source: Source, policy: Policy, options: ScanOptions) -> FileResult:
+    if _WORKER is None and source.is_large_file():
+        # Mapped where it is (sources.py): a truncation while it is read raises SIGBUS, which
+        # must end a worker process, never the scan.
+        return _scan_alone(source, policy, options)
     try:
         buf = source.read()
     except SourceError as exc:
-        return FileResult(path=source.display, relpath=source.relpath, format="unknown",
-                          status=Status.ERROR, error=str(exc))
+        return _failed(source, str(exc))
     analysis = Analysis(format="unknown")
     try:
         _analyse_within_budgets(buf, options.limits_for(policy), analysis)
@@ -86,7 +89,10 @@ def scan_source(source: Source, policy: Policy, options: ScanOptions) -> FileRes
         analysis.out.finding(FindingKind.MALFORMED, None,
                              f"picklegate could not analyse this file ({type(exc).__name__}: "
                              f"{exc}); it is treated as unsafe. Please report this.")
-    return judge(source.display, source.relpath, buf, analysis, policy, options.today)
+    result = judge(source.display, source.relpath, buf, analysis, policy, options.today)
+    if isinstance(buf, MappedFile) and not buf.unchanged():
+        return _failed(source, CHANGED)
+    return result
 
 
 def _analyse_within_budgets(buf: Buffer, limits: Limits, analysis: Analysis) -> None:
@@ -162,8 +168,9 @@ def _scan_parallel(sources: Sequence[Source], policy: Policy, options: ScanOptio
 def _scan_alone(source: Source, policy: Policy, options: ScanOptions) -> FileResult:
     [result] = _run_pool([source], policy, options, 1)
     return result if result is not None else _failed(
-        source, "the worker process scanning this file died (killed, or out of memory); the "
-                "file is treated as unsafe. Try --jobs 1, and please report it if it persists")
+        source, "the worker process scanning this file died (SIGBUS: the file was truncated "
+                "while it was read; or killed, or out of memory); the file is treated as "
+                "unsafe. Scan it again when it is stable, and please report it if it persists")
 
 
 def _run_pool(sources: Sequence[Source], policy: Policy, options: ScanOptions,

@@ -1,13 +1,13 @@
 """Where bytes come from: files and directories on disk (git blobs live in gitio.py).
 
-Every source is read into a private snapshot before it is analysed: small files into memory,
-larger ones spooled in chunks to an unlinked temporary file that is then memory-mapped. The
-analysis therefore never touches a mapping of the user's file, so a file truncated while it is
-scanned cannot raise SIGBUS (CPython cannot recover from SIGBUS on an mmap access: the signal
-arrives in the middle of a C memcpy and the process dies). Memory stays bounded by
-``SPOOL_IN_MEMORY`` plus one chunk; the cost is one sequential copy per large file. The file
-is stat'ed before and after the copy, and any change of size, mtime or inode makes it an
-unreadable-file error instead of a verdict on a torn view.
+Small files are read into memory. A larger file is memory-mapped where it is, never copied: a
+2 GB checkpoint costs what its central directory and pickles cost, and no disk. A file
+truncated while it is mapped raises SIGBUS on the next access, which CPython cannot recover
+from (the signal arrives in the middle of a C memcpy), so scan.py analyses large files only in
+a worker process: SIGBUS ends that process, and the file becomes an error result. The file is
+stat'ed before and after it is read (for a mapping, after the analysis), and any change of
+size, mtime or inode makes it an unreadable-file error instead of a verdict on a torn view.
+Git blobs are spooled into private temporary files (gitio.py), which nothing else can change.
 
 Directories are never skipped silently: an unreadable directory or entry, a symlink loop or a
 file that is not a regular file becomes an error result for that path.
@@ -36,7 +36,8 @@ COMPRESSED_SUFFIXES = ("gz", "bz2", "xz", "lzma", "z", "lz4", "zst")
 _NAME_RE = re.compile(
     r"(?i)\.(" + "|".join(MODEL_SUFFIXES) + r")(\.(" + "|".join(COMPRESSED_SUFFIXES) + r"))?$")
 
-# Snapshots up to this size are plain bytes; larger ones are spooled to a temporary file.
+# Files up to this size are read into memory; larger ones are mapped (or, for git blobs,
+# spooled to a temporary file).
 SPOOL_IN_MEMORY = 8 << 20
 CHUNK = 1 << 20
 
@@ -57,6 +58,14 @@ class Source:
     # the source pickles and a --jobs worker re-opens the file itself (scan.py). Git blobs
     # read through the scan's one `git cat-file` process and stay in the parent.
     read: Callable[[], Buffer]
+    # A file on disk, read by read_file: large ones are mapped where they are (see above).
+    file: str | None = None
+
+    def is_large_file(self) -> bool:
+        try:
+            return self.file is not None and os.stat(self.file).st_size > SPOOL_IN_MEMORY
+        except OSError:
+            return False                # read_file reports why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,16 +147,35 @@ def read_file(path: str) -> Buffer:
         os.close(fd)
 
 
+class MappedFile(mmap.mmap):
+    """A file mapped where it is, with the identity it had when it was mapped."""
+
+    path: str
+    identity: tuple[int, int, int, int]
+
+    def unchanged(self) -> bool:
+        try:
+            return _identity(os.stat(self.path)) == self.identity
+        except OSError:
+            return False
+
+
+CHANGED = "changed while it was read (size, mtime or inode); scan it again when it is stable"
+
+
 def _snapshot(fd: int, path: str, before: os.stat_result) -> Buffer:
     opened = os.fstat(fd)
     if _identity(opened) != _identity(before) or _kind(opened.st_mode) is not None:
         raise SourceError("changed while it was opened; scan it again when it is stable")
+    if opened.st_size > SPOOL_IN_MEMORY:
+        mapped = MappedFile(fd, 0, access=mmap.ACCESS_READ)
+        mapped.path, mapped.identity = path, _identity(opened)
+        return mapped
     buf = spool(lambda n: os.read(fd, n), opened.st_size)
     grew = os.read(fd, 1) != b""
     if grew or _identity(os.fstat(fd)) != _identity(opened) or \
             _identity(os.stat(path)) != _identity(opened):
-        raise SourceError("changed while it was read (size, mtime or inode); scan it again "
-                          "when it is stable")
+        raise SourceError(CHANGED)
     return buf
 
 
@@ -229,7 +257,7 @@ def _walk(folder: str, root: Path | None, lister: Lister | None,
 
 def _file(path: str, root: Path | None) -> Source:
     return Source(display=path, relpath=relative_to_root(path, root),
-                  read=partial(read_file, path))
+                  read=partial(read_file, path), file=path)
 
 
 def broken(path: str, root: Path | None, message: str) -> Source:
