@@ -87,6 +87,10 @@ class Span:
         return self.data_start, self.data_end, self.header.method
 
 
+# Local headers parsed so far, by offset (None: no local header there).
+LocalCache = dict[int, "tuple[Header, int] | None"]
+
+
 @dataclass
 class View:
     """The members one reader sees, or why it refuses the archive."""
@@ -278,10 +282,13 @@ def _expand(buf: Buffer, pos: int, end: int, dec: Any, ctx: Context) -> tuple[Bu
 def discover(buf: Buffer, start: int, end: int, limits: Limits = DEFAULT_LIMITS) -> Discovery:
     """Every member zipfile, torch's reader and a streaming reader see in ``buf[start:end]``,
     plus local headers none of them reaches, and every disagreement between them."""
-    zipfile_view = _ZipfileView(buf, start, end, limits).read()
-    torch_view = _TorchView(buf, start, end, limits).read()
+    # Every view parses the same local headers: parse each once (a 20k-tensor checkpoint has
+    # 20k of them, read by three views and two checks).
+    cache: LocalCache = {}
+    zipfile_view = _ZipfileView(buf, start, end, limits, cache).read()
+    torch_view = _TorchView(buf, start, end, limits, cache).read()
     listed = {s.header.header_offset: s for v in (zipfile_view, torch_view) for s in v.members}
-    stream_view = _StreamView(buf, start, end, limits, listed).read()
+    stream_view = _StreamView(buf, start, end, limits, listed, cache).read()
     views = {ZIPFILE: zipfile_view, TORCH: torch_view, STREAM: stream_view}
     found = Discovery(views, [], {}, [])
     for view in views.values():
@@ -290,21 +297,23 @@ def discover(buf: Buffer, start: int, end: int, limits: Limits = DEFAULT_LIMITS)
             if not names:
                 found.spans.append(span)
             names.add(span.header.name)
-    _members_checks(buf, start, end, views, found.anomalies)
+    _members_checks(buf, start, end, views, found.anomalies, cache)
     if any(v.truncated for v in views.values()):
         # past the member limit the views are incomplete: comparing them or searching what
         # they leave out means nothing, and the analysis reports the limit (fail closed).
         return found
     _compare(views, found.anomalies)
-    _hidden_locals(buf, start, end, views, found)
+    _hidden_locals(buf, start, end, views, found, cache)
     return found
 
 
 class _Reading:
     """Bounded reads of the archive's bytes (offsets absolute; nothing outside [start, end))."""
 
-    def __init__(self, buf: Buffer, start: int, end: int, limits: Limits) -> None:
+    def __init__(self, buf: Buffer, start: int, end: int, limits: Limits,
+                 cache: LocalCache | None = None) -> None:
         self.buf, self.start, self.end, self.limits = buf, start, end, limits
+        self.cache: LocalCache = {} if cache is None else cache
 
     def at(self, offset: int, size: int) -> bytes:
         if offset < self.start or size < 0 or offset + size > self.end:
@@ -329,6 +338,12 @@ class _Reading:
         return -1
 
     def local(self, offset: int) -> tuple[Header, int] | None:
+        if offset in self.cache:
+            return self.cache[offset]
+        found = self.cache[offset] = self._local(offset)
+        return found
+
+    def _local(self, offset: int) -> tuple[Header, int] | None:
         raw = self.at(offset, LOCAL.size)
         if len(raw) < LOCAL.size or raw[:4] != LOCAL_SIG:
             return None
@@ -553,8 +568,8 @@ class _StreamView(_Reading):
     """Local headers in file order from the first byte, each followed by its data."""
 
     def __init__(self, buf: Buffer, start: int, end: int, limits: Limits,
-                 listed: dict[int, Span]) -> None:
-        super().__init__(buf, start, end, limits)
+                 listed: dict[int, Span], cache: LocalCache) -> None:
+        super().__init__(buf, start, end, limits, cache)
         self.listed = listed
 
     def read(self) -> View:
@@ -653,8 +668,8 @@ def _members_message(who: tuple[str, ...], readers: list[View], offsets: list[in
 
 
 def _members_checks(buf: Buffer, start: int, end: int, views: dict[str, View],
-                    out: list[tuple[int | None, str]]) -> None:
-    reading = _Reading(buf, start, end, DEFAULT_LIMITS)
+                    out: list[tuple[int | None, str]], cache: LocalCache) -> None:
+    reading = _Reading(buf, start, end, DEFAULT_LIMITS, cache)
     checked: set[int] = set()
     for view in (views[ZIPFILE], views[TORCH]):
         names: set[str] = set()
@@ -703,10 +718,10 @@ def _escapes(name: str) -> bool:
 
 
 def _hidden_locals(buf: Buffer, start: int, end: int, views: dict[str, View],
-                   found: Discovery) -> None:
+                   found: Discovery, cache: LocalCache) -> None:
     """Local headers no view reaches. Only bytes no view accounts for are searched (ranges
     sorted and merged once), so member data already located is never touched."""
-    reading = _Reading(buf, start, end, DEFAULT_LIMITS)
+    reading = _Reading(buf, start, end, DEFAULT_LIMITS, cache)
     known = {s.header.header_offset for v in views.values() for s in v.members}
     cursor = start
     for gap_start, gap_end in _gaps(start, end, views):
