@@ -6,7 +6,6 @@ never formats output beyond the finding messages themselves.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import mmap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -131,6 +130,8 @@ def buffer_sha256(buf: Buffer) -> str:
     through a memoryview, a chunk at a time, so a multi-gigabyte file costs no memory; any
     other Buffer is sliced a chunk at a time. The view is released before returning: an mmap
     with a live export cannot be closed."""
+    import hashlib                      # (start-up: only when an approval is checked)
+
     digest = hashlib.sha256()
     if isinstance(buf, (bytes, bytearray, mmap.mmap)):
         with memoryview(buf) as view:

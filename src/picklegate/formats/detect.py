@@ -3,7 +3,6 @@ loaders that read that format ask of the first bytes. formats/interpretations.py
 order with their readers."""
 from __future__ import annotations
 
-import json
 import struct
 from typing import Callable
 
@@ -117,6 +116,8 @@ def is_safetensors(buf: Buffer, start: int, end: int) -> bool:
         return False
     if buf[start + 8] != ord("{"):
         return False
+    import json                         # (start-up: only for bytes shaped like one)
+
     try:
         header = json.loads(bytes(buf[start + 8:start + 8 + size]))
     except ValueError:

@@ -6,11 +6,8 @@ uint32 for 2.0/3.0), then a dict literal with exactly 'descr', 'fortran_order' a
 """
 from __future__ import annotations
 
-import ast
-import io
 import re
 import struct
-import tokenize
 from typing import Any
 
 from picklegate.findings import FindingKind
@@ -78,6 +75,9 @@ def _literal(text: str, major: int) -> Any:
 
     numpy tries ast.literal_eval; on a SyntaxError in a version 1.0 or 2.0 file it drops the
     'L' after every number (Python 2 longs, as in ``(2L,)``) with tokenize and tries again."""
+    import ast                          # (start-up: only when an .npy header is read)
+    import tokenize
+
     try:
         return ast.literal_eval(text)
     except SyntaxError:
@@ -94,6 +94,9 @@ def _literal(text: str, major: int) -> Any:
 
 def _without_long_suffix(text: str) -> str:
     """numpy/lib/format.py _filter_header: a NAME token 'L' right after a NUMBER is dropped."""
+    import io
+    import tokenize
+
     tokens = []
     after_number = False
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
