@@ -78,6 +78,12 @@ def build(corpus: Path, quick: bool) -> None:
     if other.exists():
         raise SystemExit(f"{corpus} holds the {'full' if quick else 'quick'} corpus; use "
                          "another directory")
+    # The policy a team with these models would have: picklegate reads it from the corpus
+    # directory (each run's working directory), so every verdict is about the file itself.
+    policy = corpus / ".picklegate.yaml"
+    if not policy.exists():
+        policy.write_text("version: 1\nextends: [builtins-safe, torch, numpy, sklearn]\n",
+                          encoding="utf-8")
     import joblib
     import numpy as np
     import torch
