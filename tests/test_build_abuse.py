@@ -112,3 +112,21 @@ def test_oracle_build_on_a_global_changes_it_for_everyone():
     stream = _slot_state(_cls(P().proto(2)), ["forward"]).build().stop().bytes()
     assert Recorder(io.BytesIO(stream)).load() is stub
     assert "forward" in vars(stub)
+
+
+def test_a_state_reused_by_many_builds_is_checked_once():
+    """Each BUILD of a memoised state dict costs O(new keys), not O(all keys): the machine
+    records how far it has checked. Counted through special_name, never timed."""
+    from unittest import mock
+
+    import picklegate.machine as machine
+
+    keys = [f"k{i}" for i in range(500)]
+    stream = _dict(_instance(P().proto(2)), keys).binput(1).pop().binput(0)
+    for _ in range(200):
+        stream.binget(0).binget(1).build().pop()
+    data = stream.stop().bytes()
+    with mock.patch.object(machine, "special_name", wraps=machine.special_name) as spy:
+        out = analyse_pickles(data)
+    assert not [f for f in out.findings if f.kind is ABUSE]
+    assert spy.call_count == 500                # each key once, whatever the BUILD count

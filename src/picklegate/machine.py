@@ -119,6 +119,9 @@ class Mapping:
     special: str | None = None
     # The stream's record for every dict made after its budget of kept items was spent.
     shared: bool = False
+    # How many kept items a BUILD has already found ordinary: items are only ever appended,
+    # so a state dict reused by a million BUILDs is checked once, not a million times.
+    checked: int = 0
 
 
 Value = Union[None, bool, int, float, str, bytes, "tuple[Value, ...]", "Opaque", "LongText",
@@ -1363,10 +1366,12 @@ def _special_state_key(state: Value) -> str | None:
                     f"{part.special})")
         if part.special is not None:
             return part.special
-        for key, _ in part.items:
-            why = special_name(key)
+        for at in range(part.checked, len(part.items)):
+            why = special_name(part.items[at][0])
             if why is not None:
+                part.checked = at           # found again at once by the next BUILD
                 return why
+        part.checked = len(part.items)
     return None
 
 
