@@ -361,3 +361,13 @@ def test_staged_blob_is_scanned_as_checkout_smudges_it(repo, capsys):
     assert code == 1
     [f] = doc["files"]
     assert [(x["module"], x["name"]) for x in f["findings"]] == [("posix", "system")]
+
+
+def test_a_policy_that_is_not_utf8_at_the_base_is_a_policy_error(repo, capsys):
+    write(repo, ".picklegate.yaml", b"version: 1\n# caf\xe9\n")
+    base = commit(repo, "latin-1 policy", ".picklegate.yaml")
+    write(repo, "model.pkl", clean())
+    commit(repo, "model", "model.pkl")
+    assert main(["scan", "--diff", f"{base}..HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and "Traceback" not in err

@@ -192,3 +192,18 @@ def preset(*entries: Entry) -> Policy:
 def test_choose_presets(presets: dict[str, Policy], wanted: set[tuple[str, str]],
                         chosen: tuple[str, ...]) -> None:
     assert choose_presets(wanted, presets) == chosen
+
+
+def test_an_existing_yml_policy_is_not_shadowed_and_a_new_one_is_readable(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / ".picklegate.yml").write_text("version: 1\n")
+    code, _, err = init(capsys)
+    assert code == 2 and ".picklegate.yml already exists" in err
+    assert not (repo / ".picklegate.yaml").exists()
+    (repo / ".picklegate.yml").unlink()
+    old = os.umask(0o022)
+    try:
+        init(capsys)
+    finally:
+        os.umask(old)
+    assert (repo / ".picklegate.yaml").stat().st_mode & 0o777 == 0o644

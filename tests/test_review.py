@@ -26,6 +26,8 @@ def check(tmp_path: Path, body: str) -> list[str]:
     ("allow:\n  \"numpy.*\": \"*\"\n", ["numpy.load"]),
     ("allow:\n  subprocess: [Popen]\n", ["subprocess.Popen"]),
     ("rules:\n  - paths: [\"x/**\"]\n    allow: {posix: [system]}\n", ["posix.system"]),
+    # a dotted (protocol 4) name reaches its first part: eval.__call__ is eval
+    ("allow:\n  builtins: [\"eval.__call__\"]\n", ["builtins.eval.__call__"]),
 ])
 def test_allow_entries_that_admit_gadgets_are_flagged(tmp_path, body, expected):
     problems = check(tmp_path, body)
@@ -124,3 +126,12 @@ def test_cli_policy_check_exit_codes(tmp_path, monkeypatch, capsys):
             "code-execution gadget: builtins.getattr") in out
     assert main(["policy", "check", "broken.yaml"]) == 2
     assert "broken.yaml:2:8:" in capsys.readouterr().err
+
+
+def test_a_dotted_name_through_a_gadget_is_that_gadget():
+    """policy init asks gadgets_named before it writes an allow entry: a protocol-4 name such
+    as eval.__call__ must never be written (it imports eval)."""
+    gadgets = load_gadgets()
+    assert gadgets_named("builtins", "eval.__call__", gadgets)
+    assert gadgets_named("posix", "system.__self__", gadgets)
+    assert not gadgets_named("builtins", "len.__doc__", gadgets)

@@ -131,7 +131,8 @@ examples:
   picklegate explain models/model.pt --member archive/data.pkl --format json
 
 exit codes:
-  0  the policy allows every import shown
+  0  the policy allows every import shown (explain judges imports only: use scan for the
+     file's verdict, which also fails malformed files and archive anomalies)
   1  at least one import shown would be a finding
   2  the file cannot be read, or a usage or policy error
 """
@@ -562,8 +563,14 @@ def run_policy_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     here = current_dir()
     root = find_root(here)
     target = args.output or os.path.relpath((root or here) / POLICY_NAMES[0])
-    if target != "-" and os.path.lexists(target) and not args.force:
-        raise UsageError(f"{target} already exists; edit it, or pass --force to replace it")
+    if target != "-" and not args.force:
+        # .picklegate.yml too: a new .yaml beside it would silently take its place.
+        existing = [target] + ([] if args.output else
+                               [os.path.relpath((root or here) / n) for n in POLICY_NAMES])
+        for path in existing:
+            if os.path.lexists(path):
+                raise UsageError(f"{path} already exists; edit it, or pass --force to "
+                                 "replace it")
     from picklegate import policy_init
     from picklegate.policyfile import replace_file, validated
     from picklegate.review import load_gadgets, review

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from picklegate.errors import SourceError, UsageError
+from picklegate.errors import PolicyError, SourceError, UsageError
 from picklegate.machine import Buffer
 from picklegate.sources import CHUNK, SPOOL_IN_MEMORY, Source, is_model_name, spool
 
@@ -328,4 +328,10 @@ def read_text_at(root: Path, rev: str, path: str) -> str | None:
     """A text file at a revision, or None when it does not exist there."""
     if not blob_exists(root, rev, path):
         return None
-    return run_git(("show", f"{rev}:{path}"), root).decode("utf-8")
+    data = run_git(("show", f"{rev}:{path}"), root)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A policy that cannot be read is a policy error (exit 2), never a traceback.
+        raise PolicyError(f"{path} at {rev}", None, None,
+                          f"not UTF-8 text (byte {exc.start}); save the policy as UTF-8") from None

@@ -276,7 +276,7 @@ class PickleMachine:
         except Bound as bound:
             self.out.finding(bound.kind, bound.offset, bound.message + "; the rest of the "
                              "stream was read for imports only (STACK_GLOBAL is then unresolved)")
-            self.out.error_at(bound.offset)
+            # Not an error_at: CPython has no such bound and reads on.
             # The symbolic values are dropped (that is what the bound protects).
             self.stack, self.metastack, self.memo, self.sparse = [], [], [], {}
             self.frame_end = None
@@ -405,7 +405,10 @@ class PickleMachine:
             raise
         except Fatal as fatal:
             self.out.finding(fatal.kind, fatal.offset, fatal.message)
-            if not walking:
+            # Only where CPython's unpickler raises too (truncation, a bad opcode): where this
+            # analysis stops on its own bound or cannot follow (limit-exceeded, unresolved), a
+            # loader reads on.
+            if not walking and fatal.kind is FindingKind.MALFORMED:
                 self.out.error_at(fatal.offset)
             return None
         finally:

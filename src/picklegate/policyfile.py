@@ -37,7 +37,11 @@ def replace_file(path: str, text: str) -> None:
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        mode = None
+        # A new file gets what open() would give it (mkstemp's is 0600: a policy other users
+        # and CI containers could not read).
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     try:
         fd, tmp = tempfile.mkstemp(prefix=".picklegate-", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -47,8 +51,7 @@ def replace_file(path: str, text: str) -> None:
             handle.write(text.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

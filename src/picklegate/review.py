@@ -111,8 +111,13 @@ def admitted(entry: Entry, gadget: Gadget) -> list[str]:
             listed = sorted(entry.names) if not entry.star else ["*"]
             return [f"{overlap}.{name}" for name in listed]
         return []
-    return [f"{overlap}.{name}" for name in sorted(gadget.names)
-            if name in entry.names or (entry.star and "." not in name)]
+    # A dotted (protocol 4) name reaches attributes of its first part, as in gadget_for:
+    # allowing eval.__call__ allows eval.
+    found = [f"{overlap}.{name}" for name in sorted(gadget.names)
+             if entry.star and "." not in name]
+    found += [f"{overlap}.{listed}" for listed in sorted(entry.names)
+              if listed.split(".")[0] in gadget.names]
+    return list(dict.fromkeys(found))
 
 
 def _overlap(entry: Entry, gadget: Gadget) -> str | None:

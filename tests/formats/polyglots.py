@@ -78,3 +78,13 @@ def safetensors_pickle(module: str = "posix", name: str = "system") -> bytes:
     assert length[0] == ord("X") and length[1:5] == struct.pack("<I", skip)
     json.loads(header)                                # the header really is JSON
     return length + header + call
+
+
+def tar_swallowed_by_binbytes(payload: bytes) -> bytes:
+    """A tar whose first header block starts ``B`` and a 4-byte length: BINBYTES swallows the
+    rest of the block, so a pickle loader goes on into the member data, ``payload``."""
+    data = bytearray(tar_bytes([("Bxxxx", payload)]))
+    data[1:5] = struct.pack("<I", 512 - 5)
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    return bytes(data)

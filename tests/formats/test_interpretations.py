@@ -16,7 +16,8 @@ from picklegate.formats.interpretations import INTERPRETATIONS
 
 from .build import evil_global, fixture, make_zip, npy, rezip, zip_members
 from .conftest import scan, summary
-from .polyglots import safetensors_pickle, tar_bytes, tar_with_pickle_header, v7_tar
+from .polyglots import (safetensors_pickle, tar_bytes, tar_swallowed_by_binbytes,
+                        tar_with_pickle_header, v7_tar)
 
 NA, ARCH = "not-allowed", "archive-anomaly"
 GADGET = "gadget"  # the kind of a planted posix.system
@@ -133,3 +134,18 @@ def test_every_row_names_its_loaders():
     """The table is what the README documents: each row says who reads bytes that way."""
     assert [row.name for row in INTERPRETATIONS][-2:] == ["pickle", "unknown"]
     assert all(row.loaders for row in INTERPRETATIONS)
+
+
+def test_a_bound_hit_while_reading_a_polyglot_never_hides_what_follows():
+    """The bound on nested MARKs is picklegate's, not the loader's: pickle.load reads on past
+    100,001 MARKs to the GLOBAL, so the from-byte-0 reading must report it (and the bound)."""
+    payload = b"(" * 100_001 + evil_global(protocol=0)
+    data = tar_swallowed_by_binbytes(payload)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        assert len(archive.getmembers()) == 1                       # tarfile's view
+    assert pickle_load_imports(data) == [SYSTEM]                     # the loader's view
+    result = scan(data)
+    assert result.format == "tar"
+    found = summary(result)
+    assert ("gadget", SYSTEM, None) in found and ("limit-exceeded", None, None) in found
+    assert any(f.message.startswith("polyglot:") for f in result.findings)

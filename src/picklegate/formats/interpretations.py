@@ -133,14 +133,18 @@ def _pickle_from_byte_zero(buf: Buffer, start: int, end: int, ctx: Context, anal
         cut = _cut(part) - ctx.base       # reported offsets are member-relative
         reached.update((r, None) for r in part.imports
                        if r.offset <= cut and looks_importable(r.module, r.name))
-        # An unresolved import AT the cut is the opcode the unpickler raised on.
-        unresolved.update((f, None) for f in part.findings if f.kind is FindingKind.UNRESOLVED
-                          and f.offset is not None and f.offset < cut)
+        # An unresolved import AT the cut is the opcode the unpickler raised on. Where this
+        # reading stopped on its own (a bound, a layout it cannot follow) before the loader
+        # would, what comes after is unknown: that is a finding too (fail closed).
+        unresolved.update((f, None) for f in part.findings if f.offset is not None and (
+            (f.kind is FindingKind.UNRESOLVED and f.offset < cut)
+            or (f.kind is FindingKind.LIMIT and f.offset <= cut)))
     if not reached and not unresolved:
         return
     analysis.out.imports.extend(reached)
     analysis.out.findings.extend(unresolved)
-    names = ", ".join(sorted({r.dotted for r in reached})) or "a global it cannot resolve"
+    names = ", ".join(sorted({r.dotted for r in reached})) or \
+        "what this reading could not follow to its end"
     analysis.finding(ctx, FindingKind.ARCHIVE, start,
                      f"polyglot: this {found} data is also a pickle; read from its first byte "
                      f"(pickle.load, joblib.load, numpy.load, pandas.read_pickle or torch.load "
