@@ -342,3 +342,32 @@ def test_zlib_with_a_small_window_is_read_by_nothing():
     result = scan(data, path="m.pkl")
     # read as a pickle it stops before any import: not a pickle, and no global is named
     assert (result.format, summary(result)) == ("unknown", {("unknown-format", None, None)})
+
+
+def _zip_lzma_without_end_marker(payload: bytes) -> bytes:
+    """A zip LZMA member (method 14) whose raw LZMA1 data has no end marker (flag bit 1
+    clear): zipfile reads it by its size. Made from zipfile's own member, minus the marker."""
+    import io
+    import zipfile
+
+    from .build import RawZip
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_LZMA) as archive:
+        archive.writestr("model.pkl", payload)
+    info = zipfile.ZipFile(io.BytesIO(out.getvalue())).infolist()[0]
+    raw = out.getvalue()
+    names, extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + names + extra
+    member = raw[start:start + info.compress_size - 5]          # the 5-byte end marker
+    return RawZip().add("model.pkl", member, method=14, crc=zlib.crc32(payload)).bytes()
+
+
+def test_zip_lzma_member_without_end_marker_is_read_to_its_size():
+    import pickle
+
+    clean = _zip_lzma_without_end_marker(pickle.dumps({"w": list(range(40))}, 2))
+    result = scan(clean, presets=["builtins-safe"])
+    assert [f for f in result.findings if f.kind.value == "malformed"] == []
+    evil = _zip_lzma_without_end_marker(evil_global())
+    assert (GADGET, SYSTEM, "model.pkl") in summary(scan(evil))

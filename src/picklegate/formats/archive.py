@@ -777,7 +777,11 @@ def _name(raw: bytes, flags: int) -> str:
 
 
 class _ZipLzma:
-    """Zip's LZMA method: a 4-byte header (version, properties size) before raw LZMA1 data."""
+    """Zip's LZMA method: a 4-byte header (version, properties size) before raw LZMA1 data.
+    Without an end marker (general-purpose flag bit 1 clear) the data ends with the member,
+    which zipfile reads by its size: expand_stream stops there instead of asking for more."""
+
+    ends_with_input = True
 
     def __init__(self) -> None:
         self._dec: lzma.LZMADecompressor | None = None
@@ -801,8 +805,6 @@ class _ZipLzma:
         out = self._dec.decompress(data, max_length)
         self.eof, self.unused_data = self._dec.eof, self._dec.unused_data
         self.needs_input = self._dec.needs_input
-        if not out and not data and self.needs_input:
-            self.eof = True   # raw LZMA1 without an end marker ends with its input
         return out
 
 

@@ -149,6 +149,8 @@ def expand_stream(buf: Buffer, pos: int, end: int, dec: Decompressor, ctx: Conte
         # say whether they need more input.
         if not pending and getattr(dec, "needs_input", True):
             if pos >= end:
+                if getattr(dec, "ends_with_input", False):
+                    break               # raw LZMA1 without an end marker: its data is all
                 raise EOFError("compressed data ends before the end of the stream")
             pending = bytes(buf[pos:min(pos + CHUNK, end)])
             pos += len(pending)

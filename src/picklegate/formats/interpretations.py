@@ -69,8 +69,9 @@ INTERPRETATIONS: tuple[Interpretation, ...] = (
     Interpretation("unknown", detect.anything, inert.read_unknown, "nothing"),
 )
 
-# Formats whose primary reading already unpickled from the first byte.
-PICKLE_READINGS = frozenset({"pickle", "joblib", "torch-legacy", "data"})
+# Readings that already unpickled from the first byte ("unknown": a pickle reading that
+# reached no import, or bytes whose first byte no unpickler accepts).
+PICKLE_READINGS = frozenset({"pickle", "joblib", "torch-legacy", "data", "unknown"})
 
 
 def new_context(limits: Limits = DEFAULT_LIMITS) -> Context:
