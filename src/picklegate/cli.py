@@ -625,7 +625,7 @@ def _future_date(text: str) -> dt.date:
 
 def run_approve(args: argparse.Namespace, err: TextIO) -> int:
     from picklegate.approve import NewApproval, approve_text, file_sha256
-    from picklegate.policyfile import replace_file, validated
+    from picklegate.policyfile import encodable, replace_file, validated
 
     here = current_dir()
     root = find_root(here) or here
@@ -634,7 +634,7 @@ def run_approve(args: argparse.Namespace, err: TextIO) -> int:
     if relpath is None:
         raise UsageError(f"{args.file} is outside the repository ({root})")
     for value, what in ((args.reason, "--reason"), (args.owner, "--owner")):
-        if not value.strip() or not _encodable(value):
+        if not value.strip() or not encodable(value):
             raise UsageError(f"{what} must be readable text")
     new = NewApproval(relpath, file_sha256(args.file), args.reason, args.owner, args.expires)
     load_policy(policy_path)             # the policy as it is must be valid before it is edited
@@ -659,14 +659,6 @@ def _existing_policy(root: Path) -> str:
             return os.path.relpath(root / name)
     raise UsageError(f"no {POLICY_NAMES[0]} at {root}; run 'picklegate policy init' first, "
                      "or pass --policy FILE")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def run_policy_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

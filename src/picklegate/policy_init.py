@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from picklegate.findings import FileResult, FindingKind, Status
+from picklegate.policyfile import encodable
 from picklegate.policyfile import yaml_string as _scalar
 from picklegate.policy import Policy, Verdict, is_exact_name, is_module_name, load_presets
 from picklegate.report.text import safe
@@ -118,15 +119,7 @@ def _writable(module: str, name: str) -> bool:
     """An exact entry can say it: a plain module (never "pkg.*"), a name that is not "*",
     and text a YAML file holds as itself."""
     return (is_module_name(module) and is_exact_name(name) and name.isprintable()
-            and _encodable(module + name))
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:     # lone surrogates from undecodable bytes
-        return False
-    return True
+            and encodable(module + name))
 
 
 def _allows(policy: Policy, g: Global) -> bool:

@@ -28,6 +28,16 @@ def validated(path: str, text: str) -> Policy:
     return load_policy(path, read=read)
 
 
+def encodable(text: str) -> bool:
+    """Can ``text`` be written to a UTF-8 policy file? (Not with lone surrogates, which stand
+    for undecodable bytes of a file name or a pickle's name.)"""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def replace_file(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and
     os.replace (atomic on POSIX and Windows): readers see the old file or the new one. An
